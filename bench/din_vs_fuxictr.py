@@ -1,0 +1,298 @@
+"""The challenge's DIN through FuxiCTR 2.3.10 and through ctr_eval, on the same data.
+
+    python bench/din_vs_fuxictr.py                      # synthetic `small`, 40k train rows
+    python bench/din_vs_fuxictr.py --train-rows 200000 --epochs 2
+    python bench/din_vs_fuxictr.py --data-dir /path/to/root   # any challenge-layout root
+
+Steps: (1) make sure a dataset exists (by default the synthetic `small` scale, generated
+without cover images into the cache folder); (2) write a bench copy of it holding the first
+``--train-rows`` train rows and the first ``--valid-rows`` valid rows, so both sides read
+the very same files; (3) make sure a virtual environment with fuxictr 2.3.10 exists
+(``--fuxictr-venv``; created with ``python -m venv`` + ``pip install fuxictr==2.3.10
+torch==<this venv's torch version>`` when missing); (4) run bench/_fuxictr_runner.py in that
+venv and ctr_eval.evaluate in a fresh process of this venv, one after the other, each as a
+child process whose peak resident memory is read from the kernel (wait4); (5) print a table.
+
+Both sides: the same seed, the same number of epochs (early stopping cannot fire within
+3 epochs at patience 3), the same batch size, learning rate, regularizers and dropout.
+Throughput counts training steps only (batch building included, preprocessing and
+validation excluded). Targets from the issue: |AUC difference| <= 0.005 and ctr_eval at
+least 2x FuxiCTR's training samples/s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RUNNER = HERE / "_fuxictr_runner.py"
+DEFAULT_CACHE = Path.home() / ".cache" / "mmembed"
+DEFAULT_VENV = DEFAULT_CACHE / "fuxictr-2.3.10-venv"
+FUXICTR_VERSION = "2.3.10"
+SPLIT_DIR = "MicroLens_1M_x1"
+AUC_TARGET = 0.005
+SPEED_TARGET = 2.0
+
+
+def log(message: str) -> None:
+    print(f"[din_vs_fuxictr {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- data
+
+def ensure_dataset(args: argparse.Namespace) -> Path:
+    """The dataset root to benchmark on: --data-dir, or a cached synthetic one."""
+    if args.data_dir:
+        root = Path(args.data_dir)
+        split = root / SPLIT_DIR if (root / SPLIT_DIR).is_dir() else root
+        for name in ("train.parquet", "valid.parquet", "item_info.parquet"):
+            if not (split / name).is_file():
+                raise FileNotFoundError(f"{split / name} not found (--data-dir must be a "
+                                        f"challenge-layout root or its {SPLIT_DIR} folder)")
+        return split
+    root = Path(args.cache_dir) / f"synthetic-{args.scale}-seed{args.data_seed}"
+    if not (root / SPLIT_DIR / "item_info.parquet").is_file():
+        from mmembed.datasets.synthetic import generate
+
+        log(f"generating synthetic '{args.scale}' data (seed {args.data_seed}, no images) in {root}")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+        generate(tmp, scale=args.scale, seed=args.data_seed, progress=False, with_images=False)
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    return root / SPLIT_DIR
+
+
+def make_bench_root(split_dir: Path, out_root: Path, train_rows: int, valid_rows: int) -> dict:
+    """Write out_root/MicroLens_1M_x1 with the first rows of train/valid; return row counts."""
+    import pyarrow.parquet as pq
+
+    dst = out_root / SPLIT_DIR
+    dst.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name, limit in (("train", train_rows), ("valid", valid_rows)):
+        table = pq.read_table(split_dir / f"{name}.parquet")
+        if limit and limit < table.num_rows:
+            table = table.slice(0, limit)
+        if "label" not in table.column_names:
+            raise ValueError(f"{split_dir / (name + '.parquet')}: no label column")
+        pq.write_table(table, dst / f"{name}.parquet")
+        counts[name] = table.num_rows
+    shutil.copyfile(split_dir / "item_info.parquet", dst / "item_info.parquet")
+    seq = pq.read_table(dst / "train.parquet", columns=["item_seq"]).column("item_seq")
+    counts["history_len"] = len(seq[0]) if len(seq) else 0
+    counts["items"] = pq.read_metadata(dst / "item_info.parquet").num_rows - 1
+    return counts
+
+
+# --------------------------------------------------------------------------- fuxictr venv
+
+def venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def fuxictr_ready(venv: Path) -> bool:
+    python = venv_python(venv)
+    if not python.is_file():
+        return False
+    probe = subprocess.run([str(python), "-c", "import fuxictr, torch; print(fuxictr.__version__)"],
+                           capture_output=True, text=True)
+    return probe.returncode == 0 and probe.stdout.strip() == FUXICTR_VERSION
+
+
+def ensure_fuxictr_venv(venv: Path) -> Path:
+    """A venv with fuxictr 2.3.10 and this venv's torch version; created when missing."""
+    if fuxictr_ready(venv):
+        return venv_python(venv)
+    import torch
+
+    torch_pin = torch.__version__.split("+")[0]
+    log(f"creating {venv} with fuxictr=={FUXICTR_VERSION} torch=={torch_pin} (several minutes)")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv_python(venv)), "-m", "pip", "install", "--quiet",
+                    f"fuxictr=={FUXICTR_VERSION}", f"torch=={torch_pin}"], check=True)
+    if not fuxictr_ready(venv):
+        raise RuntimeError(f"{venv}: fuxictr {FUXICTR_VERSION} still does not import after install")
+    return venv_python(venv)
+
+
+# --------------------------------------------------------------------------- child runs
+
+def run_child(cmd: list[str], label: str, log_file: Path) -> dict[str, Any]:
+    """Run cmd; return its last-stdout-line JSON plus the kernel's peak RSS of the child."""
+    log(f"{label}: {' '.join(cmd)}  (log: {log_file})")
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryFile("w+") as out, open(log_file, "w") as err:
+        began = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - began
+        out.seek(0)
+        lines = [line for line in out.read().splitlines() if line.strip()]
+    if proc.returncode != 0 or not lines:
+        tail = log_file.read_text(errors="replace").splitlines()[-25:]
+        raise RuntimeError(f"{label} failed (exit {proc.returncode}); last log lines:\n" + "\n".join(tail))
+    result = json.loads(lines[-1])
+    result["child_peak_rss_mb"] = usage.ru_maxrss / 1024.0  # Linux reports KiB
+    result["child_wall_s"] = wall
+    result["load_1min_before_after"] = [load_before, os.getloadavg()[0]]
+    return result
+
+
+def ctr_eval_worker(args: argparse.Namespace) -> int:
+    """Child mode: one ctr_eval.evaluate run; prints its figures as one JSON line."""
+    import resource
+
+    import ctr_eval
+
+    run_dir = tempfile.mkdtemp(prefix="ctr_eval_bench_")
+    try:
+        result = ctr_eval.evaluate(
+            args.worker_root, model="din", max_epochs=args.epochs, progress=False, run_dir=run_dir,
+            batch_size=args.batch_size, learning_rate=args.learning_rate,
+            embedding_regularizer=args.embedding_regularizer,
+            net_regularizer=args.net_regularizer, net_dropout=args.net_dropout)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    import torch
+
+    print(json.dumps({
+        "impl": "ctr_eval",
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "valid_auc": float(result["valid_auc"]),
+        "valid_logloss": float(result["valid_logloss"]),
+        "epochs": int(result["epochs_run"]),
+        "train_samples_per_s": float(result["train_samples_per_s"]),
+        "config_hash": result["config_hash"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "history": [{"AUC": h["valid_auc"], "samples_per_s": h.get("samples_per_s")}
+                    for h in result["history"]],
+    }))
+    return 0
+
+
+# --------------------------------------------------------------------------- report
+
+def report(counts: dict, fx: dict | None, ce: dict | None, args: argparse.Namespace) -> dict:
+    rows = [("", "FuxiCTR 2.3.10", "ctr_eval")]
+
+    def cell(res: dict | None, key: str, fmt: str) -> str:
+        return "-" if res is None else format(res[key], fmt)
+
+    rows.append(("valid AUC", cell(fx, "valid_auc", ".4f"), cell(ce, "valid_auc", ".4f")))
+    rows.append(("valid logloss", cell(fx, "valid_logloss", ".4f"), cell(ce, "valid_logloss", ".4f")))
+    rows.append(("epochs", cell(fx, "epochs", "d"), cell(ce, "epochs", "d")))
+    rows.append(("train samples/s", cell(fx, "train_samples_per_s", ".0f"),
+                 cell(ce, "train_samples_per_s", ".0f")))
+    rows.append(("peak RSS (MB)", cell(fx, "child_peak_rss_mb", ".0f"), cell(ce, "child_peak_rss_mb", ".0f")))
+    rows.append(("child wall (s)", cell(fx, "child_wall_s", ".0f"), cell(ce, "child_wall_s", ".0f")))
+
+    def load(res: dict | None) -> str:
+        return "-" if res is None else "{:.1f} -> {:.1f}".format(*res["load_1min_before_after"])
+
+    rows.append(("load avg before -> after", load(fx), load(ce)))
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    print(f"\nDIN (challenge Task 1 config), {counts['train']} train rows / {counts['valid']} valid "
+          f"rows, {counts['items']} items, history {min(counts['history_len'], 64)} positions, "
+          f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
+    for r in rows:
+        print(f"  {r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}")
+    summary: dict[str, Any] = {"data": counts, "fuxictr": fx, "ctr_eval": ce,
+                               "settings": {k: v for k, v in vars(args).items() if not k.startswith("worker")}}
+    if fx and ce:
+        diff = abs(fx["valid_auc"] - ce["valid_auc"])
+        ratio = ce["train_samples_per_s"] / fx["train_samples_per_s"]
+        memory = fx["child_peak_rss_mb"] / max(ce["child_peak_rss_mb"], 1e-9)
+        print(f"  |AUC difference| = {diff:.4f}  (target <= {AUC_TARGET}: "
+              f"{'met' if diff <= AUC_TARGET else 'NOT met'})")
+        print(f"  throughput ratio ctr_eval / FuxiCTR = {ratio:.2f}x  (target >= {SPEED_TARGET}x: "
+              f"{'met' if ratio >= SPEED_TARGET else 'NOT met'})")
+        print(f"  peak memory ratio FuxiCTR / ctr_eval = {memory:.2f}x")
+        summary.update(auc_diff=diff, throughput_ratio=ratio, memory_ratio=memory)
+    try:
+        load = os.getloadavg()
+        print(f"  machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+              "(other work on the machine lowers both throughputs)")
+        summary["loadavg"] = load
+    except OSError:
+        pass
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None, help="challenge-layout root (default: synthetic)")
+    p.add_argument("--scale", default="small", help="synthetic scale when --data-dir is not given")
+    p.add_argument("--data-seed", type=int, default=0, help="synthetic generator seed")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE / "bench"),
+                   help="where synthetic data and bench copies are kept")
+    p.add_argument("--train-rows", type=int, default=40_000, help="first N train rows (0: all)")
+    p.add_argument("--valid-rows", type=int, default=0, help="first N valid rows (0: all)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=8192)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--embedding-regularizer", type=float, default=1e-6)
+    p.add_argument("--net-regularizer", type=float, default=0.0)
+    p.add_argument("--net-dropout", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=20242025,
+                   help="training seed (ctr_eval's Task 1 config fixes 20242025)")
+    p.add_argument("--fuxictr-venv", default=str(DEFAULT_VENV))
+    p.add_argument("--collate", choices=["pandas", "numpy"], default="pandas",
+                   help="FuxiCTR side's per-batch item lookup (pandas = the baseline's way)")
+    p.add_argument("--skip-fuxictr", action="store_true")
+    p.add_argument("--skip-ctr-eval", action="store_true")
+    p.add_argument("--json-out", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--worker-root", default=None, help=argparse.SUPPRESS)  # internal child mode
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.train_rows < 0 or args.valid_rows < 0:
+        p.error("--epochs and --batch-size must be >= 1, --train-rows/--valid-rows >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker_root:
+        return ctr_eval_worker(args)
+    if args.seed != 20242025 and not args.skip_ctr_eval:
+        log("note: ctr_eval's Task 1 config fixes seed 20242025; only the FuxiCTR side uses --seed")
+    split_dir = ensure_dataset(args)
+    tag = f"{split_dir.parent.name}-train{args.train_rows or 'all'}-valid{args.valid_rows or 'all'}"
+    bench_root = Path(args.cache_dir) / "runs" / tag
+    counts = make_bench_root(split_dir, bench_root, args.train_rows, args.valid_rows)
+    log(f"bench data: {bench_root} ({counts})")
+    logs = bench_root / "logs"
+    logs.mkdir(exist_ok=True)
+    common = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+              "--learning-rate", repr(args.learning_rate),
+              "--embedding-regularizer", repr(args.embedding_regularizer),
+              "--net-regularizer", repr(args.net_regularizer), "--net-dropout", repr(args.net_dropout)]
+    fx = ce = None
+    if not args.skip_fuxictr:
+        python = ensure_fuxictr_venv(Path(args.fuxictr_venv))
+        with tempfile.TemporaryDirectory(prefix="fuxictr_work_") as work:
+            fx = run_child([str(python), str(RUNNER), "--data-dir", str(bench_root), "--work-dir", work,
+                            "--seed", str(args.seed), "--collate", args.collate, *common],
+                           "FuxiCTR", logs / "fuxictr.log")
+    if not args.skip_ctr_eval:
+        ce = run_child([sys.executable, str(Path(__file__).resolve()), "--worker-root", str(bench_root),
+                        *common], "ctr_eval", logs / "ctr_eval.log")
+    summary = report(counts, fx, ce, args)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""``ctr-eval``: train/validate a CTR model on challenge files, and write a submission.
+
+    ctr-eval train --data DIR [--model din] [--item-info PATH] [--set key=value ...]
+                   [--task1/--no-task1] [--max-epochs N] [--run-dir R]
+    ctr-eval predict --run-dir R --data DIR [--task Task1] [--out DIR]
+    ctr-eval models
+
+Several processes: ``accelerate launch [--cpu] --num_processes P -m ctr_eval.cli train ...``
+(the global batch stays ``batch_size``; each process takes ``batch_size / P`` rows).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ctr_eval.predict import TASK_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs -> dict; values read as JSON (numbers, true/false, null, lists),
+    anything that is not JSON stays a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        try:
+            value: Any = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out[key] = value
+    return out
+
+
+def default_run_dir(model: str, cfg_hash: str, data_dir: str, item_info: str | None) -> Path:
+    """Same command, same folder: so that re-running a killed command resumes it."""
+    key = f"{Path(data_dir).resolve()}|{Path(item_info).resolve() if item_info else 'dataset'}"
+    return Path("ctr_eval_runs") / f"{model}-{cfg_hash}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctr-eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train on train.parquet, report validation AUC/logloss")
+    train.add_argument("--data", required=True, help="dataset root (holds MicroLens_1M_x1/) or that folder")
+    train.add_argument("--model", default="din", help="model name (see `ctr-eval models`); default din")
+    train.add_argument("--item-info", default=None,
+                       help="item_info.parquet whose item_emb_d128 to evaluate (default: the dataset's)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override, repeatable (Task 1: only embedding_regularizer, "
+                            "net_regularizer, net_dropout, learning_rate, batch_size)")
+    train.add_argument("--task1", dest="task1", action="store_true", default=None,
+                       help="Task 1 mode: the fixed DIN (default for din)")
+    train.add_argument("--no-task1", dest="task1", action="store_false", help="free configuration")
+    train.add_argument("--max-epochs", type=int, default=None, help="cap on the config's epochs")
+    train.add_argument("--run-dir", default=None,
+                       help="run folder (default ctr_eval_runs/<model>-<hash>-<data>); resumed if present")
+    train.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    train.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    pred = sub.add_parser("predict", help="score test.parquet with a run's best model; write the zip")
+    pred.add_argument("--run-dir", required=True, help="folder of a finished `ctr-eval train` run")
+    pred.add_argument("--data", required=True, help="dataset root (holds MicroLens_1M_x1/) or that folder")
+    pred.add_argument("--task", default="Task1", choices=list(TASK_COLUMNS), help="submission column")
+    pred.add_argument("--out", default=None, help="output folder (default: the run dir)")
+    pred.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    pred.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    pred.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("models", help="list the registered models")
+    return parser
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The result table a person reads."""
+    rows = [
+        ("model", result["model"]),
+        ("config hash", result["config_hash"]),
+        ("embedding", result.get("embedding_source", "")),
+        ("valid AUC", f"{result['valid_auc']:.6f}"),
+        ("valid logloss", f"{result['valid_logloss']:.6f}"),
+        ("best epoch", f"{result['best_epoch']} of {result['epochs_run']} ({result['stopped']})"),
+        ("train samples/s", f"{result['train_samples_per_s']:.0f}"),
+        ("processes", f"{result['num_processes']} on {result['device']}"),
+        ("run dir", result["run_dir"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append("")
+    lines.append(f"{'epoch':>5}  {'train BCE':>9}  {'valid AUC':>9}  {'logloss':>8}  {'lr':>8}  {'samples/s':>9}")
+    for h in result["history"]:
+        mark = " *" if h["epoch"] == result["best_epoch"] else ""
+        lines.append(f"{h['epoch']:>5}  {h['train_bce']:>9.5f}  {h['valid_auc']:>9.6f}  "
+                     f"{h['valid_logloss']:>8.5f}  {h['lr']:>8.2g}  {h['samples_per_s']:>9.0f}{mark}")
+    return "\n".join(lines)
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ctr_eval.api import evaluate
+    from ctr_eval.config import config_hash, resolve_config
+
+    overrides = parse_set(args.overrides)
+    cfg = resolve_config(args.model, task1=args.task1, **overrides)  # refuse bad keys first
+    run_dir = args.run_dir or default_run_dir(args.model, config_hash(cfg), args.data, args.item_info)
+    result = evaluate(args.data, item_info=args.item_info, model=args.model, task1=args.task1,
+                      run_dir=run_dir, max_epochs=args.max_epochs, device=args.device,
+                      mixed_precision=args.mixed_precision, progress=not args.no_progress, **overrides)
+    if _is_main_process():
+        print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ctr_eval.api import predict
+
+    zip_path = predict(args.run_dir, args.data, task=args.task, out_dir=args.out, split=args.split,
+                       device=args.device, progress=not args.no_progress)
+    if _is_main_process():
+        print(f"wrote {zip_path} (prediction.csv, column {args.task})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    # Under `accelerate launch`, only rank 0 logs progress.
+    level = logging.WARNING if args.quiet or int(os.environ.get("RANK", "0")) != 0 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "models":
+            from ctr_eval.models import list_models
+
+            print("\n".join(list_models()))
+            return 0
+        if args.command == "train":
+            return _train(args)
+        return _predict(args)
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"ctr-eval: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

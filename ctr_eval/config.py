@@ -1,0 +1,327 @@
+"""Model + training configurations of the CTR evaluator.
+
+Two frozen dataclasses hold every field that changes what a result means:
+
+- :class:`DINConfig` is the challenge's Task 1 DIN, with the values of the official
+  baseline's resolved configuration (``DIN_default`` + the MicroLens tuner config of
+  the WWW 2025 MM-CTR baseline repo, run on FuxiCTR 2.3.x).
+- :class:`TransActConfig` is the 1st-place Task 2 model (Transformer over
+  [history item | target item] + DCNv2), with the values of its published config.
+
+FuxiCTR behaviours that live in its ``BaseModel`` (not in the model file) are fields
+here too, so they are recorded and hashed: gradient clipping (``fit(max_gradient_norm=10.)``),
+learning-rate decay on a plateau (``BaseModel(reduce_lr_on_plateau=True)`` +
+``lr_decay(factor=0.1, min_lr=1e-6)`` called from ``checkpoint_and_earlystop``), the
+early-stopping ``min_delta=1e-6``.
+
+Task 1 mode locks the DIN: only :data:`TASK1_TUNABLE` may differ from the defaults, as
+the challenge rules say. Run controls that do not change a result's meaning (an epoch
+cap for a demo, worker counts, output folders) are the trainer's arguments, not fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Union
+
+__all__ = [
+    "DINConfig",
+    "TransActConfig",
+    "TASK1_TUNABLE",
+    "CONFIG_CLASSES",
+    "resolve_config",
+    "config_hash",
+    "config_to_dict",
+    "parse_regularizer",
+]
+
+Regularizer = Union[float, str]
+
+TASK1_TUNABLE = frozenset(
+    {"embedding_regularizer", "net_regularizer", "net_dropout", "learning_rate", "batch_size"}
+)
+
+
+@dataclass(frozen=True)
+class DINConfig:
+    """The challenge's DIN (Task 1), as the official baseline resolves it.
+
+    Architecture (FuxiCTR DIN + the challenge's ``src/DIN.py``): an item is
+    item_id emb (64) + masked-mean item_tags emb (64) + bias-free Linear(128->128) of
+    item_emb_d128 = 256 wide; DIN_Attention over the last ``max_len`` history items
+    with an MLP [4*256 -> 512 -> 256 -> 1] (ReLU, dropout after each hidden layer, no
+    batch norm, no softmax, padding scores multiplied by 0); DNN over
+    [likes (64), views (64), target (256), pooled history (256)] = 640 ->
+    1024 -> 512 -> 256 -> 1 with Linear -> BatchNorm -> ReLU -> Dropout(net_dropout).
+    """
+
+    embedding_dim: int = 64
+    pretrained_dim: int = 128
+    num_levels: int = 11  # vocab of likes_level / views_level
+    max_len: int = 64
+    attention_hidden_units: tuple[int, ...] = (512, 256)
+    attention_hidden_activations: str = "relu"
+    attention_dropout: float = 0.1
+    din_use_softmax: bool = False
+    dnn_hidden_units: tuple[int, ...] = (1024, 512, 256)
+    dnn_activations: str = "relu"
+    net_dropout: float = 0.1
+    batch_norm: bool = True
+    embedding_init_std: float = 1e-4
+    embedding_regularizer: Regularizer = 1e-6
+    net_regularizer: Regularizer = 0.0
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 8192
+    epochs: int = 100
+    early_stop_patience: int = 3
+    monitor: str = "AUC"
+    min_delta: float = 1e-6
+    reduce_lr_on_plateau: bool = True
+    lr_decay_factor: float = 0.1
+    min_lr: float = 1e-6
+    max_gradient_norm: float = 10.0
+    shuffle: bool = True
+    seed: int = 20242025
+
+    @property
+    def model_name(self) -> str:
+        return "din"
+
+
+@dataclass(frozen=True)
+class TransActConfig:
+    """The 1st-place Task 2 model: Transformer over [history item | target] + DCNv2.
+
+    Values from its published model config: 2 encoder layers, 1 head, feed-forward 256,
+    dropout 0.2, the last ``first_k_cols`` = 16 encoder outputs flattened plus a
+    max-pooled summary through a Linear; DCNv2 (3 CrossNetV2 layers) in parallel with an
+    MLP [1024, 512, 256] (dropout 0.2); head MLP [64, 32]; embedding 64; Adam 5e-4,
+    batch 128; early stopping patience 5.
+
+    ``published_mask=True`` reproduces the published code's mask (the "real item" mask
+    passed as PyTorch's key padding mask, so attention sees padding and ignores real
+    history); ``False`` masks padding as intended.
+
+    ``max_len``: the published config sets none, so its loader kept its default of 100
+    history positions; 64 here, as for the DIN (change it in Task 2 mode if wanted).
+    """
+
+    embedding_dim: int = 64
+    pretrained_dim: int = 128
+    num_levels: int = 11
+    max_len: int = 64
+    num_heads: int = 1
+    transformer_layers: int = 2
+    dim_feedforward: int = 256
+    transformer_dropout: float = 0.2
+    first_k_cols: int = 16
+    concat_max_pool: bool = True
+    published_mask: bool = False
+    dcn_cross_layers: int = 3
+    dcn_hidden_units: tuple[int, ...] = (1024, 512, 256)
+    mlp_hidden_units: tuple[int, ...] = (64, 32)
+    hidden_activations: str = "relu"
+    net_dropout: float = 0.2
+    batch_norm: bool = False
+    embedding_init_std: float = 1e-4
+    embedding_regularizer: Regularizer = 0.0
+    net_regularizer: Regularizer = 0.0
+    optimizer: str = "adam"
+    learning_rate: float = 5e-4
+    batch_size: int = 128
+    epochs: int = 100
+    early_stop_patience: int = 5
+    monitor: str = "AUC"
+    min_delta: float = 1e-6
+    reduce_lr_on_plateau: bool = True
+    lr_decay_factor: float = 0.1
+    min_lr: float = 1e-6
+    max_gradient_norm: float = 10.0
+    shuffle: bool = True
+    seed: int = 20242025
+
+    @property
+    def model_name(self) -> str:
+        return "transact_dcn"
+
+
+CONFIG_CLASSES: dict[str, type] = {"din": DINConfig, "transact_dcn": TransActConfig}
+
+# Fields whose value must lie in [0, 1).
+_PROBABILITY_FIELDS = {"attention_dropout", "net_dropout", "transformer_dropout",
+                       "lr_decay_factor"}
+# Integer fields that may be 0 (everything else integer must be >= 1).
+_NON_NEGATIVE_INT_FIELDS = {"early_stop_patience", "dcn_cross_layers", "first_k_cols"}
+_ACTIVATIONS = {"relu"}
+_OPTIMIZERS = {"adam"}
+_MONITORS = {"AUC"}
+
+_REG_PATTERN = re.compile(r"^l([12])\(([^()]+)\)$|^l1_l2\(([^(),]+),([^(),]+)\)$")
+
+
+def parse_regularizer(reg: Regularizer | None) -> list[tuple[int, float]]:
+    """(p, lambda) pairs of a regularizer spec, as FuxiCTR's ``get_regularizer`` reads it.
+
+    A float means L2; strings ``"l1(x)"``, ``"l2(x)"``, ``"l1_l2(x,y)"``. 0/None -> [].
+    """
+    if reg is None:
+        return []
+    if isinstance(reg, bool):
+        raise TypeError(f"regularizer must be a float or 'l1(x)'/'l2(x)'/'l1_l2(x,y)', got {reg!r}")
+    if isinstance(reg, (int, float)):
+        value = float(reg)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"regularizer must be a finite number >= 0, got {reg!r}")
+        return [(2, value)] if value > 0 else []
+    if isinstance(reg, str):
+        text = reg.replace(" ", "").lower()
+        try:
+            return [(2, float(text))] if float(text) > 0 else []
+        except ValueError:
+            pass
+        match = _REG_PATTERN.match(text)
+        if match is None:
+            raise ValueError(
+                f"regularizer {reg!r} not understood; valid: a number (L2), 'l1(x)', 'l2(x)', "
+                "'l1_l2(x,y)'"
+            )
+        try:
+            if match.group(1):
+                pairs = [(int(match.group(1)), float(match.group(2)))]
+            else:
+                pairs = [(1, float(match.group(3))), (2, float(match.group(4)))]
+        except ValueError as err:
+            raise ValueError(f"regularizer {reg!r}: {err}") from None
+        for _, lam in pairs:
+            if not math.isfinite(lam) or lam < 0:
+                raise ValueError(f"regularizer {reg!r}: weights must be finite and >= 0")
+        return [(p, lam) for p, lam in pairs if lam > 0]
+    raise TypeError(f"regularizer must be a float or a string, got {type(reg).__name__}")
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """Check and normalise one override against the dataclass field's declared type."""
+    field_type = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    where = f"{cls.__name__}.{name}"
+    if field_type == "Regularizer":
+        parse_regularizer(value)  # raises on bad input
+        return float(value) if isinstance(value, (int, float)) else str(value)
+    if field_type == "bool":
+        if not isinstance(value, bool):
+            raise TypeError(f"{where} must be True or False, got {value!r}")
+        return value
+    if field_type == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise TypeError(f"{where} must be an integer, got {value!r}")
+        low = 0 if name in _NON_NEGATIVE_INT_FIELDS else 1
+        if value < low:
+            raise ValueError(f"{where} must be >= {low}, got {value}")
+        return value
+    if field_type == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be finite, got {value}")
+        if name in _PROBABILITY_FIELDS and not 0.0 <= value < 1.0:
+            raise ValueError(f"{where} must be in [0, 1), got {value}")
+        if name not in _PROBABILITY_FIELDS and value < 0:
+            raise ValueError(f"{where} must be >= 0, got {value}")
+        if name == "learning_rate" and value <= 0:
+            raise ValueError(f"{where} must be > 0, got {value}")
+        return value
+    if field_type == "tuple[int, ...]":
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise TypeError(f"{where} must be a list of positive integers, got {value!r}")
+        items = tuple(value)
+        if not items or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
+            raise ValueError(f"{where} must be a non-empty list of positive integers, got {value!r}")
+        return items
+    if field_type == "str":
+        if not isinstance(value, str):
+            raise TypeError(f"{where} must be a string, got {value!r}")
+        allowed = {"optimizer": _OPTIMIZERS, "monitor": _MONITORS}.get(
+            name, _ACTIVATIONS if "activation" in name else None
+        )
+        if allowed is not None:
+            norm = value if name == "monitor" else value.lower()
+            if norm not in allowed:
+                raise ValueError(f"{where}={value!r} is not supported; valid: {sorted(allowed)}")
+            return norm
+        return value
+    raise TypeError(f"{where}: unsupported field type {field_type}")  # pragma: no cover
+
+
+def resolve_config(model: str, task1: bool | None = None, **overrides: Any):
+    """The frozen config of ``model`` with ``overrides`` applied and checked.
+
+    ``task1``: Task 1 mode (the challenge's fixed DIN). ``None`` means True for "din",
+    False for the other models. In Task 1 mode only the five :data:`TASK1_TUNABLE`
+    fields may change; any other key raises ValueError saying so. Unknown keys raise
+    ValueError naming the nearest valid one.
+    """
+    if model not in CONFIG_CLASSES:
+        near = difflib.get_close_matches(str(model), list(CONFIG_CLASSES), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"unknown model {model!r}; known models: {sorted(CONFIG_CLASSES)}{hint}")
+    if task1 is None:
+        task1 = model == "din"
+    if task1 and model != "din":
+        raise ValueError(
+            f"Task 1 mode evaluates embeddings with the fixed DIN only; model {model!r} is a "
+            "Task 2 model: pass task1=False"
+        )
+    cls = CONFIG_CLASSES[model]
+    names = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, Any] = {}
+    fixed: list[str] = []
+    default = cls()
+    for key, value in overrides.items():
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"unknown {model} config key {key!r}{hint} (valid keys: {', '.join(names)})")
+        if task1 and key not in TASK1_TUNABLE:
+            # A fixed key is only accepted at its default value (any spelling of it).
+            try:
+                same = _coerce(cls, key, value) == getattr(default, key)
+            except (TypeError, ValueError):
+                same = False
+            if not same:
+                fixed.append(key)
+            continue
+        values[key] = _coerce(cls, key, value)
+    if task1:
+        fixed.sort()
+        if fixed:
+            raise ValueError(
+                f"Task 1 mode fixes the DIN configuration: {', '.join(fixed)} may not change; "
+                f"only {', '.join(sorted(TASK1_TUNABLE))} may (pass task1=False for a free run)"
+            )
+    return cls(**values)
+
+
+def config_to_dict(cfg) -> dict[str, Any]:
+    """Plain-JSON view of a config, with the model name under "model"."""
+    if not dataclasses.is_dataclass(cfg) or type(cfg) not in CONFIG_CLASSES.values():
+        raise TypeError(f"expected a DINConfig or TransActConfig, got {type(cfg).__name__}")
+    out: dict[str, Any] = {"model": cfg.model_name}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_hash(cfg) -> str:
+    """First 16 hex digits of the sha256 of the config's canonical JSON."""
+    text = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

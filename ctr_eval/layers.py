@@ -1,0 +1,220 @@
+"""Building blocks shared by the CTR models, written to behave as FuxiCTR 2.3.x's do.
+
+Where a block mirrors a FuxiCTR one, the docstring names it; the code is our own.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MLPBlock",
+    "ItemEncoder",
+    "DINAttention",
+    "CrossNetV2",
+    "fuxictr_reset_linear",
+    "norm_penalty",
+    "ATTENTION_IMPLS",
+]
+
+ATTENTION_IMPLS = ("exact", "plain")
+
+
+class MLPBlock(nn.Module):
+    """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden layer, then an optional
+    output Linear, as FuxiCTR's ``MLP_Block`` (dropout only when its rate is > 0)."""
+
+    def __init__(self, input_dim: int, hidden_units: Sequence[int], output_dim: int | None = None,
+                 dropout: float = 0.0, batch_norm: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = input_dim
+        for units in hidden_units:
+            layers.append(nn.Linear(width, units))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(units))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = units
+        if output_dim is not None:
+            layers.append(nn.Linear(width, output_dim))
+            width = output_dim
+        self.layers = nn.Sequential(*layers)
+        self.output_dim = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ItemEncoder(nn.Module):
+    """Item id -> [id emb (d) | masked-mean tag emb (d) | Linear(emb_d128) (128)].
+
+    As FuxiCTR's ``FeatureEmbeddingDict`` builds the challenge's three item features:
+    ``nn.Embedding(vocab, d, padding_idx=0)`` for item_id and item_tags (row 0 stays
+    zero and gets no gradient), ``MaskedAveragePooling`` over the 5 tags (a position
+    counts when its embedding row sums to non-zero; sum / (count + 1e-12), so an item
+    with no tags gets zeros), and for the ``embedding``-type item_emb_d128 a
+    ``nn.Linear(pretrain_dim, 128, bias=False)`` feature encoder (trainable).
+
+    The tags and the 128-d table are non-persistent buffers gathered by index on the
+    module's device; checkpoints hold parameters only.
+    """
+
+    def __init__(self, tags: torch.Tensor, emb: torch.Tensor, embedding_dim: int,
+                 tag_vocab_size: int | None = None) -> None:
+        super().__init__()
+        if tags.dim() != 2 or emb.dim() != 2 or tags.shape[0] != emb.shape[0]:
+            raise ValueError(f"item tags {tuple(tags.shape)} and embeddings {tuple(emb.shape)} must "
+                             "be (N+1, 5) and (N+1, D) tables with the same rows")
+        num_rows = int(emb.shape[0])
+        vocab = int(tags.max().item()) + 1 if tags.numel() else 1
+        if tag_vocab_size is not None:
+            if tag_vocab_size < vocab:
+                raise ValueError(f"tag_vocab_size={tag_vocab_size} but the table holds tag id {vocab - 1}")
+            vocab = tag_vocab_size
+        self.register_buffer("item_tags", tags.to(torch.long), persistent=False)
+        self.register_buffer("item_emb", emb.to(torch.float32), persistent=False)
+        self.id_embedding = nn.Embedding(num_rows, embedding_dim, padding_idx=0)
+        self.tag_embedding = nn.Embedding(max(vocab, 1), embedding_dim, padding_idx=0)
+        self.emb_projection = nn.Linear(int(emb.shape[1]), int(emb.shape[1]), bias=False)
+        self.output_dim = 2 * embedding_dim + int(emb.shape[1])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.item_emb.shape[0])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        id_emb = self.id_embedding(ids)
+        tag_emb = self.tag_embedding(self.item_tags[ids])  # (..., 5, d)
+        counted = (tag_emb.sum(dim=-1) != 0).to(tag_emb.dtype).sum(dim=-1, keepdim=True)
+        tag_mean = tag_emb.sum(dim=-2) / (counted + 1e-12)
+        projected = self.emb_projection(self.item_emb[ids])
+        return torch.cat([id_emb, tag_mean, projected], dim=-1)
+
+    def reset_embeddings(self, std: float) -> None:
+        """FuxiCTR's embedding init: normal(0, std) on every row but the padding row 0."""
+        with torch.no_grad():
+            for table in (self.id_embedding, self.tag_embedding):
+                nn.init.normal_(table.weight[1:], std=std)
+                table.weight[0].zero_()
+
+
+class DINAttention(nn.Module):
+    """DIN target attention, FuxiCTR's ``DIN_Attention`` with ReLU and no softmax.
+
+    Plain form (FuxiCTR): score = MLP([q, k, q-k, q*k]) per history position, times
+    the 0/1 mask; output = sum over positions of score * k.
+
+    Exact form (default): the first layer W = [Wq | Wk | Wd | Wp] of the MLP gives
+    W [q, k, q-k, q*k] + b = (Wq + Wd) q + (Wk - Wd) k + Wp (q*k) + b, so the q-part
+    is computed once per sample, the k-part once per distinct item in ``keys``, and only
+    the product term per position; padded positions are never computed (their score
+    is multiplied by 0 in the plain form anyway; the MLP has no batch norm, so skipping
+    rows changes nothing else). Dropout still acts per (sample, position) row after each
+    hidden layer, the same distribution as the plain form.
+    """
+
+    def __init__(self, dim: int, hidden_units: Sequence[int], dropout: float = 0.0,
+                 use_softmax: bool = False) -> None:
+        super().__init__()
+        if not hidden_units:
+            raise ValueError("DINAttention needs at least one hidden layer")
+        self.dim = dim
+        self.use_softmax = use_softmax
+        self.mlp = MLPBlock(4 * dim, hidden_units, output_dim=1, dropout=dropout)
+
+    @property
+    def first_layer(self) -> nn.Linear:
+        return self.mlp.layers[0]
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, key_index: torch.Tensor,
+                mask: torch.Tensor, impl: str = "exact") -> torch.Tensor:
+        """query (B, d); keys (U, d) item table; key_index (B, L) rows of ``keys``;
+        mask (B, L) bool, True at real history items. Returns (B, d)."""
+        if impl == "exact":
+            return self._forward_exact(query, keys, key_index, mask)
+        if impl == "plain":
+            history = keys.index_select(0, key_index.reshape(-1)).reshape(*key_index.shape, -1)
+            return self._forward_plain(query, history, mask)
+        raise ValueError(f"unknown attention impl {impl!r}; valid: {ATTENTION_IMPLS}")
+
+    def _forward_exact(self, query: torch.Tensor, keys: torch.Tensor, key_index: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+        batch, length = key_index.shape
+        d = self.dim
+        first = self.first_layer
+        w_q, w_k, w_d, w_p = first.weight.split(d, dim=1)
+        q_part = F.linear(query, w_q + w_d, first.bias)  # once per sample
+        k_part = F.linear(keys, w_k - w_d)  # once per distinct item
+        rows, cols = mask.nonzero(as_tuple=True)  # real (sample, position) pairs only
+        key_rows = key_index[rows, cols]
+        # index_select, not x[idx]: its backward is index_add, far cheaper on CPU than the
+        # accumulating index_put that advanced indexing uses
+        k_real = keys.index_select(0, key_rows)
+        product = query.index_select(0, rows) * k_real
+        hidden = torch.addmm(q_part.index_select(0, rows) + k_part.index_select(0, key_rows),
+                             product, w_p.t())
+        scores = self.mlp.layers[1:](hidden).squeeze(-1)
+        if self.use_softmax:
+            dense = scores.new_full((batch, length), -1e9).index_put((rows, cols), scores)
+            scores = dense.softmax(dim=-1)[rows, cols]
+        contrib = scores.unsqueeze(-1) * k_real
+        return contrib.new_zeros(batch, keys.shape[-1]).index_add(0, rows, contrib)
+
+    def _forward_plain(self, query: torch.Tensor, history: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """FuxiCTR's formulation, kept as the reference for tests and benchmarks."""
+        batch, length, d = history.shape
+        q = query.unsqueeze(1).expand(-1, length, -1)
+        attention_input = torch.cat([q, history, q - history, q * history], dim=-1)
+        weights = self.mlp(attention_input.reshape(-1, 4 * d)).reshape(batch, length)
+        weights = weights * mask.to(weights.dtype)
+        if self.use_softmax:
+            weights = weights + -1e9 * (1 - mask.to(weights.dtype))
+            weights = weights.softmax(dim=-1)
+        return (weights.unsqueeze(-1) * history).sum(dim=1)
+
+
+class CrossNetV2(nn.Module):
+    """DCNv2 cross layers, as FuxiCTR's ``CrossNetV2``: x <- x + x0 * (W x + b)."""
+
+    def __init__(self, input_dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.cross_layers = nn.ModuleList(nn.Linear(input_dim, input_dim) for _ in range(num_layers))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for layer in self.cross_layers:
+            x = x + x0 * layer(x)
+        return x
+
+
+def fuxictr_reset_linear(module: nn.Module) -> None:
+    """FuxiCTR ``BaseModel.reset_parameters``' default: xavier_normal_ weights and zero
+    bias on every module whose type is exactly nn.Linear (subclasses such as
+    MultiheadAttention's out_proj keep PyTorch's own init, as in FuxiCTR)."""
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def norm_penalty(params: Iterable[torch.Tensor], pairs: Sequence[tuple[int, float]]) -> torch.Tensor | None:
+    """sum over params and (p, lambda) of (lambda / p) * ||param||_p^p, as FuxiCTR's
+    ``BaseModel.regularization_loss`` (whole tensors, not just the rows in the batch)."""
+    total = None
+    params = [p for p in params if p.requires_grad]
+    for p_norm, lam in pairs:
+        for param in params:
+            term = param.abs().sum() if p_norm == 1 else param.pow(2).sum()
+            term = term * (lam / p_norm)
+            total = term if total is None else total + term
+    return total

@@ -1,0 +1,133 @@
+"""TransAct + DCNv2 (Task 2), the 1st-place model of the WWW 2025 MM-CTR challenge.
+
+As its published ``Transformer_DCN`` (FuxiCTR-based): every history item (256 wide, the
+same three item features as the DIN) is concatenated with the target item (512 wide);
+an ``nn.TransformerEncoder`` (post-norm, ReLU, ``num_heads`` heads, ``dim_feedforward``,
+``transformer_dropout``) encodes the sequence; outputs at masked positions are set to 0;
+the last ``first_k_cols`` outputs are flattened, and a max over unmasked positions goes
+through ``Linear(512, 512)``. Then [likes, views, target, transformer output] feeds
+CrossNetV2 (``dcn_cross_layers``) in parallel with an MLP (``dcn_hidden_units``,
+dropout ``net_dropout``), and a head MLP (``mlp_hidden_units``, no dropout) gives the logit.
+
+Masking. The published code passes ``mask = (item_seq > 0)`` (True at real items) as
+``src_key_padding_mask`` (True = ignore), so attention only sees padding positions
+and the real history is zeroed afterwards; its ``adjust_mask`` un-masks the last
+position of rows whose mask is all True. ``published_mask=True`` does exactly that.
+``published_mask=False`` (default) masks padding instead, and the same ``adjust_mask``
+then does what it was written for: a row with no history at all attends to its last
+(padding) position, whose input is [zero item | target], so no row is fully masked and
+no NaN appears.
+
+What the published mask means in practice (eval mode, no positional encoding): every
+padding position has the same input, so each one's attention output is the same
+whatever their number; a row with at least one padding position therefore gets a
+transformer output that depends on the target item only, and a row with a full
+history (no padding) sees only its most recent item.
+
+Init as FuxiCTR ``BaseModel.reset_parameters``: xavier_normal_ + zero bias on exact
+nn.Linear modules (encoder feed-forward layers, pooling linear, cross layers, MLPs);
+the attention's packed in-projection and its out_proj (a Linear subclass) keep
+PyTorch's init, identical across encoder layers because nn.TransformerEncoder deep-copies
+the first layer -- as in the published model.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TransActConfig
+from ..data import ItemTable
+from ..layers import CrossNetV2, ItemEncoder, MLPBlock, fuxictr_reset_linear
+from . import CTRModel, register_model
+
+logger = logging.getLogger(__name__)
+
+
+@register_model("transact_dcn")
+class TransActDCN(CTRModel):
+    def __init__(self, config: TransActConfig, item_table: ItemTable) -> None:
+        super().__init__()
+        if item_table.emb.shape[1] != config.pretrained_dim:
+            raise ValueError(f"item embeddings are {item_table.emb.shape[1]}-d; the model expects "
+                             f"{config.pretrained_dim}")
+        self.config = config
+        d = config.embedding_dim
+        self.items = ItemEncoder(item_table.tags, item_table.emb, d)
+        self.likes_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
+        self.views_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
+        item_dim = self.items.output_dim
+        model_dim = 2 * item_dim
+        if model_dim % config.num_heads:
+            raise ValueError(f"num_heads={config.num_heads} must divide the transformer width {model_dim}")
+        layer = nn.TransformerEncoderLayer(model_dim, config.num_heads,
+                                           dim_feedforward=config.dim_feedforward,
+                                           dropout=config.transformer_dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, config.transformer_layers,
+                                             enable_nested_tensor=False)
+        self.pool_linear = nn.Linear(model_dim, model_dim) if config.concat_max_pool else None
+        seq_out = (config.first_k_cols + int(config.concat_max_pool)) * model_dim
+        dcn_in = 2 * d + item_dim + seq_out
+        self.crossnet = CrossNetV2(dcn_in, config.dcn_cross_layers)
+        self.parallel_dnn = MLPBlock(dcn_in, config.dcn_hidden_units, dropout=config.net_dropout,
+                                     batch_norm=config.batch_norm)
+        self.head = MLPBlock(dcn_in + self.parallel_dnn.output_dim, config.mlp_hidden_units,
+                             output_dim=1)
+        self._ddp_params_and_buffers_to_ignore = ["items.item_tags", "items.item_emb"]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        fuxictr_reset_linear(self)
+        self.items.reset_embeddings(self.config.embedding_init_std)
+        with torch.no_grad():
+            for table in (self.likes_embedding, self.views_embedding):
+                nn.init.normal_(table.weight[1:], std=self.config.embedding_init_std)
+                table.weight[0].zero_()
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.items.id_embedding.weight, self.items.tag_embedding.weight,
+                self.items.emb_projection.weight, self.likes_embedding.weight,
+                self.views_embedding.weight]
+
+    def key_padding_mask(self, seq: torch.Tensor) -> torch.Tensor:
+        """True where attention must ignore a position (see the module docstring)."""
+        mask = seq != 0 if self.config.published_mask else seq == 0
+        fully_masked = mask.all(dim=-1)
+        mask[fully_masked, -1] = False
+        return mask
+
+    def sequence_features(self, target_emb: torch.Tensor, history: torch.Tensor,
+                          seq: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = history.shape
+        x = torch.cat([history, target_emb.unsqueeze(1).expand(-1, length, -1)], dim=-1)
+        ignore = self.key_padding_mask(seq)
+        out = self.encoder(x, src_key_padding_mask=ignore)
+        out = out.masked_fill(ignore.unsqueeze(-1), 0.0)
+        parts = []
+        k = self.config.first_k_cols
+        if k:
+            last = out[:, -k:]
+            if last.shape[1] < k:  # shorter history than k: the missing positions act as
+                last = F.pad(last, (0, 0, k - last.shape[1], 0))  # masked padding (zeros)
+            parts.append(last.reshape(batch, -1))
+        if self.pool_linear is not None:
+            pooled = out.masked_fill(ignore.unsqueeze(-1), -1e9).max(dim=1).values
+            parts.append(self.pool_linear(pooled))
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        target = batch["item_id"].long()
+        seq = batch["item_seq"].long()
+        n, length = seq.shape
+        unique_ids, index = torch.unique(torch.cat([target, seq.reshape(-1)]), return_inverse=True)
+        table = self.items(unique_ids)
+        target_emb = table[index[:n]]
+        history = table[index[n:]].reshape(n, length, -1)
+        features = torch.cat([self.likes_embedding(batch["likes_level"].long()),
+                              self.views_embedding(batch["views_level"].long()),
+                              target_emb, self.sequence_features(target_emb, history, seq)], dim=-1)
+        crossed = self.crossnet(features)
+        deep = self.parallel_dnn(features)
+        return self.head(torch.cat([crossed, deep], dim=-1)).squeeze(-1)

@@ -1,0 +1,434 @@
+"""One trainer for every ctr_eval model, on Accelerate (CPU, one GPU, or many processes).
+
+Training follows FuxiCTR 2.3's ``BaseModel`` (``fuxictr/pytorch/models/rank_model.py``), which
+the challenge's DIN inherits; each rule is named where it is applied:
+
+- loss = ``model.loss(logits, labels)`` (binary cross-entropy of the sigmoid output, mean
+  over the batch, as FuxiCTR's ``get_loss("binary_crossentropy")``) +
+  ``model.regularization_loss()``, every batch (``BaseModel.compute_loss``);
+- Adam with the config's learning rate (``BaseModel.compile`` -> ``get_optimizer``);
+- gradients clipped to total L2 norm 10 before each step (``BaseModel.train_step``,
+  ``fit(max_gradient_norm=10.)``);
+- validation once per epoch; an epoch improves when AUC >= best + 1e-6; otherwise the
+  patience counter grows and the learning rate is multiplied by 0.1, not below 1e-6
+  (``checkpoint_and_earlystop`` with ``reduce_lr_on_plateau=True`` -> ``lr_decay``); training
+  stops when the counter reaches ``early_stop_patience``; the best weights are kept and
+  reloaded at the end (``save_best_only`` / ``load_weights``).
+
+Several processes (``accelerate launch --num_processes P``): every epoch has one global
+shuffle (seeded by config seed and epoch), cut into global batches of ``batch_size``; process
+r takes the r-th contiguous slice of each global batch, so each process sees
+``batch_size / P`` rows per step. Each process scales its summed BCE by ``P / m`` (m = rows
+in the global batch), so DDP's gradient average equals the one-process batch mean exactly.
+Batch-norm statistics stay per process (as with plain DDP); rank 0's running statistics are
+broadcast before each evaluation. Evaluation splits rows contiguously across processes and
+gathers the scores back into row order.
+
+Determinism: the shuffle and every process's torch/numpy/python RNGs are re-seeded from
+(seed, epoch, rank) at the start of each epoch, so a run resumed from an epoch checkpoint
+continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_seed
+from tqdm.auto import tqdm
+
+from ctr_eval import _io
+from ctr_eval.config import config_to_dict
+from ctr_eval.metrics import auc as exact_auc
+from ctr_eval.metrics import logloss as clipped_logloss
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+RESULT_FILE = "result.json"
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_CHECKPOINT = "model_best.pt"
+ITEM_TABLE_FILE = "item_table.pt"
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DEVICES = (None, "cpu", "cuda")
+
+
+@dataclass
+class RunOptions:
+    """Run controls that do not change what a result means (the epoch cap is recorded)."""
+
+    max_epochs: int | None = None  # cap on top of config.epochs (e.g. for a demo)
+    device: str | None = None  # None: Accelerate's choice; "cpu"; "cuda"
+    mixed_precision: str = "no"  # "no", "bf16", "fp16" (GPU only)
+    progress: bool = True  # tqdm bar per epoch on the main process
+    eval_batch_size: int | None = None  # default max(batch_size, 4096): no effect on scores
+    num_threads: int | None = None  # torch CPU threads; default cores / processes
+
+    def check(self) -> None:
+        if self.max_epochs is not None and (not isinstance(self.max_epochs, int) or self.max_epochs < 1):
+            raise ValueError(f"max_epochs must be a positive integer or None, got {self.max_epochs!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
+
+@dataclass
+class TrainState:
+    """What an epoch checkpoint restores besides weights and optimizer."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_auc: float = -math.inf
+    best_epoch: int = 0
+    stopping_steps: int = 0
+    finished: bool = False  # early stopping fired or config.epochs reached
+
+
+def early_stop_step(state: TrainState, record: dict[str, Any], config: Any) -> bool:
+    """Fold one epoch's record into ``state``; True when the epoch is a new best.
+
+    As FuxiCTR's ``checkpoint_and_earlystop``: a new best needs AUC >= best + min_delta;
+    otherwise the patience counter grows; training ends when it reaches
+    ``early_stop_patience`` or when ``config.epochs`` epochs are done.
+    """
+    auc = record["valid_auc"]
+    improved = auc >= state.best_auc + config.min_delta
+    record["improved"] = improved
+    if improved:
+        state.best_auc, state.best_epoch, state.stopping_steps = auc, record["epoch"], 0
+    else:
+        state.stopping_steps += 1
+    state.epoch = record["epoch"]
+    state.history.append(record)
+    if state.stopping_steps >= config.early_stop_patience or state.epoch >= config.epochs:
+        state.finished = True
+    return improved
+
+
+def make_accelerator(options: RunOptions) -> Accelerator:
+    """One Accelerator for a run; on CPU, torch threads = cores / processes."""
+    options.check()
+    # broadcast_buffers=False: DDP would otherwise re-send every buffer (the item table
+    # included) at each forward; batch-norm statistics are synchronised before evaluation.
+    acc = Accelerator(cpu=options.device == "cpu", mixed_precision=options.mixed_precision,
+                      kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    if acc.device.type == "cpu":
+        if options.mixed_precision != "no":
+            raise ValueError("mixed precision (bf16/fp16) is for GPU runs; use mixed_precision='no' on CPU")
+        threads = options.num_threads or max(1, (os.cpu_count() or 1) // acc.num_processes)
+        torch.set_num_threads(threads)
+    return acc
+
+
+def table_fingerprint(tags: torch.Tensor, emb: torch.Tensor) -> str:
+    """sha256 (16 hex) of the item table's bytes: ties a run dir to the embedding it used."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(tags.cpu().numpy().astype(np.int64)).tobytes())
+    h.update(np.ascontiguousarray(emb.cpu().numpy().astype(np.float32)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def global_batches(n: int, batch_size: int, seed: int, epoch: int, num_processes: int,
+                   shuffle: bool = True) -> list[np.ndarray]:
+    """The epoch's global batches (same on every process), shuffled from (seed, epoch).
+
+    A last batch too small to give every process 2 rows (batch norm needs 2) joins the one
+    before it; this only touches a tail of fewer than 2 * num_processes rows.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    cuts = list(range(0, n, batch_size)) + [n]
+    batches = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    if len(batches) > 1 and len(batches[-1]) < 2 * num_processes:
+        tail = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], tail])
+    return batches
+
+
+def process_slice(batch: np.ndarray, rank: int, num_processes: int) -> np.ndarray:
+    m = len(batch)
+    return batch[rank * m // num_processes : (rank + 1) * m // num_processes]
+
+
+class Trainer:
+    """Fits one model on a train split, validates each epoch, keeps the best weights.
+
+    ``model_factory(config, item_table)`` builds the nn.Module (forward(batch) -> logits (B,),
+    ``regularization_loss()`` -> scalar). ``run_dir`` receives run.json, the epoch and best
+    checkpoints and result.json; an existing compatible run there is resumed.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        config: Any,
+        config_hash: str,
+        item_table: Any,
+        model_factory: Any,
+        train_split: Any,
+        valid_split: Any,
+        run_dir: str | os.PathLike,
+        options: RunOptions | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.config = config
+        self.config_hash = config_hash
+        self.item_table = item_table
+        self.model_factory = model_factory
+        self.train_split = train_split
+        self.valid_split = valid_split
+        self.run_dir = Path(run_dir)
+        self.options = options or RunOptions()
+        self.options.check()
+        self.meta = dict(meta or {})
+        self.fingerprint = table_fingerprint(item_table.tags, item_table.emb)
+
+    # -- setup ----------------------------------------------------------------------------
+    def _run_record(self, acc: Accelerator) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "config": config_to_dict(self.config),
+            "config_hash": self.config_hash,
+            "item_table_fingerprint": self.fingerprint,
+            "num_processes": acc.num_processes,
+            "mixed_precision": self.options.mixed_precision,
+            **self.meta,
+        }
+
+    def _check_run_dir(self) -> dict[str, Any] | None:
+        """Refuse a run dir holding a different run; return the resumable checkpoint if any."""
+        run_file = self.run_dir / RUN_FILE
+        if run_file.exists():
+            import json
+
+            old = json.loads(run_file.read_text(encoding="utf-8"))
+            for key, now in (("model", self.model_name), ("config_hash", self.config_hash),
+                             ("item_table_fingerprint", self.fingerprint)):
+                if old.get(key) != now:
+                    raise ValueError(
+                        f"run dir {self.run_dir} holds a different run ({key} {old.get(key)!r}, "
+                        f"this run has {now!r}); pass a new run_dir to start fresh"
+                    )
+        last = self.run_dir / LAST_CHECKPOINT
+        if last.exists():
+            return torch.load(last, map_location="cpu", weights_only=False)
+        return None
+
+    # -- the run --------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        acc = make_accelerator(self.options)
+        cfg = self.config
+        resume = self._check_run_dir()
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _io.write_json(self.run_dir / RUN_FILE, self._run_record(acc))
+            if not (self.run_dir / ITEM_TABLE_FILE).exists():
+                _io.torch_save(self.run_dir / ITEM_TABLE_FILE,
+                               {"tags": self.item_table.tags.cpu(), "emb": self.item_table.emb.cpu(),
+                                "fingerprint": self.fingerprint})
+        logger.info("model %s, config (hash %s): %s", self.model_name, self.config_hash,
+                    config_to_dict(cfg))
+        logger.info("%d process(es) on %s, mixed precision %s",
+                    acc.num_processes, acc.device, self.options.mixed_precision)
+
+        set_seed(cfg.seed)
+        model = self.model_factory(cfg, self.item_table)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        model, optimizer = acc.prepare(model, optimizer)
+        core = acc.unwrap_model(model)
+        state = TrainState()
+        if resume is not None:
+            core.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            state = TrainState(**resume["state"])
+            logger.info("resuming %s after epoch %d (best AUC %.6f at epoch %d)",
+                        self.run_dir, state.epoch, state.best_auc, state.best_epoch)
+
+        max_epochs = cfg.epochs if self.options.max_epochs is None else min(cfg.epochs, self.options.max_epochs)
+        while not state.finished and state.epoch < max_epochs:
+            record = self._train_epoch(acc, model, core, optimizer, state.epoch)
+            probs = self.predict_probs(acc, core, self.valid_split)
+            labels = self.valid_split.label.numpy()
+            record["valid_auc"] = float(exact_auc(labels, probs))
+            record["valid_logloss"] = float(clipped_logloss(labels, probs))
+            self._early_stop_update(acc, core, optimizer, state, record)
+            self._save_epoch_checkpoint(acc, core, optimizer, state)
+
+        if not state.finished:
+            stopped = "epoch_cap"
+        elif state.stopping_steps >= cfg.early_stop_patience:
+            stopped = "early_stop"
+        else:
+            stopped = "config_epochs"
+        best = torch.load(self.run_dir / BEST_CHECKPOINT, map_location="cpu", weights_only=False)
+        core.load_state_dict(best["model"])
+        self.model = core
+        self.accelerator = acc
+        result = self._result(acc, state, stopped)
+        if acc.is_main_process:
+            _io.write_json(self.run_dir / RESULT_FILE, result)
+        acc.wait_for_everyone()
+        logger.info("best valid AUC %.6f logloss %.6f at epoch %d of %d (%s)", result["valid_auc"],
+                    result["valid_logloss"], result["best_epoch"], result["epochs_run"], stopped)
+        return result
+
+    def _train_epoch(self, acc: Accelerator, model: Any, core: Any, optimizer: Any, epoch: int) -> dict[str, Any]:
+        cfg = self.config
+        p, rank = acc.num_processes, acc.process_index
+        # Re-seed per (epoch, rank): dropout masks are reproducible and resume is exact.
+        rank_seed = (cfg.seed + 1_000_003 * (epoch + 1) + 7919 * rank) % (2**31)
+        random.seed(rank_seed)
+        np.random.seed(rank_seed)
+        torch.manual_seed(rank_seed)
+        batches = global_batches(len(self.train_split), cfg.batch_size, cfg.seed, epoch, p, cfg.shuffle)
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)  # no per-step sync
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}", unit="batch",
+                   disable=not (self.options.progress and acc.is_main_process), leave=False)
+        start = time.perf_counter()
+        for batch_rows in bar:
+            rows = torch.from_numpy(process_slice(batch_rows, rank, p))
+            batch = send_to_device(self.train_split.batch(rows), acc.device)
+            logits = model(batch)
+            local_mean = core.loss(logits, batch["label"])
+            bce_sum = local_mean * len(rows)
+            # Scaled so that DDP's average over processes is the global batch mean (factor 1
+            # on one process).
+            loss = bce_sum * (p / len(batch_rows)) + core.regularization_loss()
+            acc.backward(loss)
+            if cfg.max_gradient_norm:
+                acc.clip_grad_norm_(model.parameters(), cfg.max_gradient_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += bce_sum.detach().double()
+        seconds = time.perf_counter() - start
+        total = acc.reduce(loss_sum, reduction="sum").item() if p > 1 else loss_sum.item()
+        n = sum(len(b) for b in batches)
+        reg = float(core.regularization_loss().detach())
+        record = {"epoch": epoch + 1, "lr": lr, "train_bce": total / max(n, 1), "reg_loss": reg,
+                  "train_samples": n, "train_seconds": seconds, "samples_per_s": n / max(seconds, 1e-9)}
+        logger.info("epoch %d: train BCE %.6f (+ reg %.3g), %.0f samples/s, lr %.3g",
+                    epoch + 1, record["train_bce"], reg, record["samples_per_s"], lr)
+        return record
+
+    def _early_stop_update(self, acc: Accelerator, core: Any, optimizer: Any,
+                           state: TrainState, record: dict[str, Any]) -> None:
+        """FuxiCTR's checkpoint_and_earlystop, once per epoch."""
+        cfg = self.config
+        improved = early_stop_step(state, record, cfg)
+        if improved and acc.is_main_process:
+            _io.torch_save(self.run_dir / BEST_CHECKPOINT, {
+                "model": _cpu_state(core), "model_name": self.model_name, "epoch": record["epoch"],
+                "config": config_to_dict(cfg), "config_hash": self.config_hash,
+                "item_table_fingerprint": self.fingerprint, "valid_auc": record["valid_auc"],
+                "valid_logloss": record["valid_logloss"]})
+        if not improved and cfg.reduce_lr_on_plateau:
+            for group in optimizer.param_groups:
+                group["lr"] = max(group["lr"] * cfg.lr_decay_factor, cfg.min_lr)
+        logger.info("epoch %d: valid AUC %.6f logloss %.6f%s", record["epoch"], record["valid_auc"],
+                    record["valid_logloss"], " (best)" if improved else
+                    f" (no gain {state.stopping_steps}/{cfg.early_stop_patience})")
+
+    def _save_epoch_checkpoint(self, acc: Accelerator, core: Any, optimizer: Any, state: TrainState) -> None:
+        if acc.is_main_process:
+            _io.torch_save(self.run_dir / LAST_CHECKPOINT, {
+                "model": _cpu_state(core), "optimizer": optimizer.state_dict(),
+                "state": dataclasses.asdict(state), "config_hash": self.config_hash,
+                "item_table_fingerprint": self.fingerprint,
+                # Recorded for inspection; the per-epoch re-seeding is what makes resume exact.
+                "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                        "torch": torch.get_rng_state()}})
+        acc.wait_for_everyone()
+
+    # -- evaluation -----------------------------------------------------------------------
+    def predict_probs(self, acc: Accelerator, core: Any, split: Any) -> np.ndarray:
+        """Click probabilities for every row of ``split``, in row order, on every process."""
+        return predict_probs(acc, core, split, self.options.eval_batch_size or max(self.config.batch_size, 4096),
+                             progress=self.options.progress)
+
+    def _result(self, acc: Accelerator, state: TrainState, stopped: str) -> dict[str, Any]:
+        best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+        if best is None:
+            raise RuntimeError(f"run dir {self.run_dir}: no completed epoch recorded")
+        seconds = sum(h["train_seconds"] for h in state.history)
+        samples = sum(h["train_samples"] for h in state.history)
+        return {
+            "model": self.model_name,
+            "valid_auc": best["valid_auc"],
+            "valid_logloss": best["valid_logloss"],
+            "best_epoch": state.best_epoch,
+            "epochs_run": state.epoch,
+            "stopped": stopped,
+            "max_epochs_cap": self.options.max_epochs,
+            "train_samples_per_s": samples / max(seconds, 1e-9),
+            "history": state.history,
+            "config": config_to_dict(self.config),
+            "config_hash": self.config_hash,
+            "item_table_fingerprint": self.fingerprint,
+            "num_processes": acc.num_processes,
+            "device": str(acc.device),
+            "mixed_precision": self.options.mixed_precision,
+            "n_train": len(self.train_split),
+            "n_valid": len(self.valid_split),
+            "run_dir": str(self.run_dir),
+            "versions": {"torch": torch.__version__, "accelerate": _accelerate_version()},
+            **self.meta,
+        }
+
+
+def predict_probs(acc: Accelerator, core: Any, split: Any, batch_size: int, progress: bool = False) -> np.ndarray:
+    """Sigmoid scores of ``core`` on ``split``: rows split contiguously across processes,
+    gathered back in row order (what ``gather_for_metrics`` does for a prepared loader)."""
+    n, p, rank = len(split), acc.num_processes, acc.process_index
+    if p > 1:  # the same batch-norm running statistics on every process (rank 0's)
+        for module in core.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                for buf in module.buffers():
+                    torch.distributed.broadcast(buf.data, src=0)
+    chunk = -(-n // p)
+    start, stop = min(rank * chunk, n), min((rank + 1) * chunk, n)
+    core.eval()
+    parts = []
+    with torch.no_grad():
+        steps = range(start, stop, batch_size)
+        for a in tqdm(steps, desc="predict", unit="batch", leave=False,
+                      disable=not (progress and acc.is_main_process)):
+            rows = torch.arange(a, min(a + batch_size, stop))
+            batch = send_to_device(split.batch(rows), acc.device)
+            parts.append(torch.sigmoid(core(batch).float()))
+    local = torch.cat(parts) if parts else torch.zeros(0, device=acc.device)
+    if p == 1:
+        return local.cpu().numpy()
+    padded = acc.pad_across_processes(local, dim=0)
+    width = padded.shape[0]
+    gathered = acc.gather(padded).cpu()
+    pieces = [gathered[q * width : q * width + max(0, min(chunk, n - q * chunk))] for q in range(p)]
+    return torch.cat(pieces).numpy()
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _accelerate_version() -> str:
+    import accelerate
+
+    return accelerate.__version__

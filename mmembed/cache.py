@@ -1,0 +1,300 @@
+"""On-disk feature cache: sharded, resumable, shared by the processes of a run.
+
+``encode_cached(encoder, catalog)`` returns what ``encoder.encode(catalog)`` would, but
+stores it under a key made of the encoder's name, its full config, the identity of its
+weights and the catalog's fingerprint. A second call with the same key reads the shards
+back without loading the model.
+
+Layout of one entry, ``<cache_dir>/<encoder name>-<key>/``::
+
+    manifest.json                      key parts, N, dim, shard size, encoder info,
+                                       "complete" once every shard is there
+    shard-<start>-<stop>.npz           vectors (n, dim) float32, valid (n,) bool,
+                                       item_ids (n,) int64, info (JSON text)
+
+Every file is written to a temporary name and renamed, so a run killed at any moment
+leaves only whole shards; the next run computes just the missing ones. Under
+``accelerate launch`` the missing shards are dealt out round robin over the processes
+(on a fresh run, shard s goes to process s % world_size), every process writes its own
+shards into the shared cache folder, all wait for each other, and every process then
+reads the complete result. The cache folder must therefore be visible to all processes
+(one machine, or a shared file system across nodes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmembed._distributed import current_process
+from mmembed._io import atomic_path
+from mmembed.encoders.base import EncodedFeatures
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "default_cache_dir",
+    "encode_cached",
+    "feature_key",
+    "cache_entry_dir",
+]
+
+CACHE_FORMAT = 1
+DEFAULT_SHARD_SIZE = 4096
+MANIFEST = "manifest.json"
+_IDS_SHOWN = 5
+
+
+def default_cache_dir() -> Path:
+    """``$MMEMBED_CACHE`` when set, else ``~/.cache/mmembed/features``."""
+    env = os.environ.get("MMEMBED_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "mmembed" / "features"
+
+
+def catalog_fingerprint(catalog: Any) -> str:
+    fingerprint = getattr(catalog, "fingerprint", None)
+    if not callable(fingerprint):
+        raise TypeError(
+            f"the feature cache needs a catalog with a fingerprint() method (an "
+            f"mmembed.datasets.ItemCatalog), got {type(catalog).__name__}"
+        )
+    return str(fingerprint())
+
+
+def feature_key(encoder: Any, catalog: Any) -> tuple[str, dict[str, Any]]:
+    """(key, parts): the hex key of (encoder name, config, weights id, catalog)."""
+    parts = {
+        "format": CACHE_FORMAT,
+        "encoder": encoder.name,
+        "config": encoder.config(),
+        "weights_id": encoder.weights_id(),
+        "catalog": catalog_fingerprint(catalog),
+    }
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:24], parts
+
+
+def cache_entry_dir(encoder: Any, catalog: Any, cache_dir: str | Path | None = None) -> Path:
+    """The folder the features of (encoder, catalog) live in."""
+    key, _ = feature_key(encoder, catalog)
+    root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    return root / f"{encoder.name}-{key}"
+
+
+def _shard_path(folder: Path, start: int, stop: int) -> Path:
+    return folder / f"shard-{start:09d}-{stop:09d}.npz"
+
+
+def _check_positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete {folder} to recompute") from None
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _write_shard(path: Path, features: EncodedFeatures, item_ids: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz" to a name
+            np.savez(
+                handle,
+                vectors=features.vectors,
+                valid=features.valid,
+                item_ids=np.asarray(item_ids, dtype=np.int64),
+                info=np.array(json.dumps(features.info, sort_keys=True, default=str)),
+            )
+
+
+def _read_shard(path: Path, expected_ids: np.ndarray, dim: int | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            vectors, valid, ids = data["vectors"], data["valid"], data["item_ids"]
+            info = json.loads(str(data["info"]))
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"cache shard {path} is unreadable ({err}); delete it to recompute") from None
+    if not np.array_equal(ids, expected_ids) or (dim is not None and vectors.shape[1] != dim):
+        raise ValueError(
+            f"cache shard {path} does not match the catalog (item ids or dim differ); "
+            f"delete {path.parent} to recompute"
+        )
+    return vectors, valid, info
+
+
+def _merge_info(infos: list[dict], valid: np.ndarray, item_ids: np.ndarray) -> dict[str, Any]:
+    """One info dict for the whole catalog: counts named ``n_*`` are summed over shards,
+    the missing-id examples recomputed, every other key taken from the first shard."""
+    merged = dict(infos[0]) if infos else {}
+    for key, value in merged.items():
+        if key.startswith("n_") and isinstance(value, int) and not isinstance(value, bool):
+            merged[key] = sum(int(i.get(key, 0)) for i in infos)
+    missing = ~valid
+    merged.update(
+        n_items=int(len(valid)),
+        n_valid=int(valid.sum()),
+        n_missing=int(missing.sum()),
+        missing_ids_head=[int(i) for i in item_ids[missing][:_IDS_SHOWN]],
+    )
+    return merged
+
+
+def encode_cached(
+    encoder: Any,
+    catalog: Any,
+    cache_dir: str | Path | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    batch_size: int | None = None,
+    progress: bool = True,
+    num_workers: int | None = None,
+) -> EncodedFeatures:
+    """``encoder.encode(catalog)`` through the on-disk cache (see the module docstring).
+
+    cache_dir: root of the cache (default :func:`default_cache_dir`).
+    shard_size: items per shard; a resumed entry keeps the shard size it was started with.
+    batch_size, num_workers: passed to ``encoder.encode``.
+    progress: a progress bar over items, on the main process only.
+    Returns EncodedFeatures with ``info["cache"]`` = {dir, key, hit, shards, computed}.
+    """
+    shard_size = _check_positive_int(shard_size, "shard_size")
+    n_items = len(catalog)
+    key, parts = feature_key(encoder, catalog)  # resolves weights and fingerprint: fails early
+    if n_items == 0:
+        return encoder.encode(catalog, batch_size=batch_size, progress=False, num_workers=num_workers)
+    root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    folder = root / f"{encoder.name}-{key}"
+    item_ids = np.asarray(catalog.item_ids, dtype=np.int64)
+
+    manifest = _read_manifest(folder)
+    if manifest is not None:
+        if manifest.get("key_parts") != parts or manifest.get("n_items") != n_items:
+            raise ValueError(
+                f"{folder / MANIFEST} belongs to another encoder config or catalog; "
+                f"delete {folder} to recompute"
+            )
+        if manifest["shard_size"] != shard_size:
+            logger.info(
+                "cache %s was started with shard_size=%d; keeping it (asked for %d)",
+                folder, manifest["shard_size"], shard_size,
+            )
+            shard_size = int(manifest["shard_size"])
+    ranges = [(s, min(s + shard_size, n_items)) for s in range(0, n_items, shard_size)]
+    missing = [r for r in ranges if not _shard_path(folder, *r).is_file()]
+
+    process = current_process()
+    if missing:
+        if manifest is None and process.is_main:
+            manifest = {
+                "key": key,
+                "key_parts": parts,
+                "n_items": n_items,
+                "shard_size": shard_size,
+                "n_shards": len(ranges),
+                "encoder": {
+                    "name": encoder.name,
+                    "config": parts["config"],
+                    "weights_id": parts["weights_id"],
+                    "untrained": bool(encoder.is_random_init),
+                },
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "complete": False,
+            }
+            _write_json(folder / MANIFEST, manifest)
+        # One-time image work (a RAR extraction) by the main process alone, then the
+        # others; the barrier also makes everyone list the missing shards before anyone
+        # writes one.
+        prepare = getattr(catalog, "prepare_images", None)
+        if process.is_main and callable(prepare):
+            prepare()
+        process.barrier()
+        if not process.is_main and callable(prepare):
+            prepare()
+        mine = missing[process.rank :: process.world_size]
+        if process.is_main:
+            logger.info(
+                "%s: computing %d of %d shards into %s%s",
+                encoder.name, len(missing), len(ranges), folder,
+                f" over {process.world_size} processes" if process.distributed else "",
+            )
+        _compute_shards(encoder, catalog, folder, mine, batch_size, num_workers,
+                        progress and process.is_main)
+        process.barrier()
+    else:
+        logger.info("%s: features found in the cache (%s)", encoder.name, folder)
+
+    vectors, valid, infos = None, np.zeros(n_items, dtype=bool), []
+    for start, stop in ranges:
+        path = _shard_path(folder, start, stop)
+        if not path.is_file():
+            raise RuntimeError(f"cache shard {path} is missing after extraction; another process failed?")
+        part, part_valid, info = _read_shard(path, item_ids[start:stop], None if vectors is None else vectors.shape[1])
+        if vectors is None:
+            vectors = np.empty((n_items, part.shape[1]), dtype=np.float32)
+        vectors[start:stop] = part
+        valid[start:stop] = part_valid
+        infos.append(info)
+    info = _merge_info(infos, valid, item_ids)
+    info["cache"] = {
+        "dir": str(folder),
+        "key": key,
+        "hit": not missing,
+        "shards": len(ranges),
+        "computed": len(missing),
+    }
+    if process.is_main and manifest is not None and not manifest.get("complete"):
+        manifest.update(complete=True, dim=int(vectors.shape[1]), n_valid=info["n_valid"])
+        _write_json(folder / MANIFEST, manifest)
+    if not missing and info["n_missing"]:
+        logger.warning(
+            "%s: %d of %d cached items lack the input this encoder needs (valid=False, "
+            "zero rows; first item ids: %s)",
+            encoder.name, info["n_missing"], n_items, info["missing_ids_head"],
+        )
+    return EncodedFeatures(vectors, valid, info)
+
+
+def _compute_shards(
+    encoder: Any,
+    catalog: Any,
+    folder: Path,
+    ranges: list[tuple[int, int]],
+    batch_size: int | None,
+    num_workers: int | None,
+    progress: bool,
+) -> None:
+    item_ids = np.asarray(catalog.item_ids, dtype=np.int64)
+    bar = None
+    if progress and ranges:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(stop - start for start, stop in ranges), desc=f"{encoder.name} features", unit="item")
+    try:
+        for start, stop in ranges:
+            subset = catalog.subset(np.arange(start, stop))
+            features = encoder.encode(subset, batch_size=batch_size, progress=progress, num_workers=num_workers)
+            _write_shard(_shard_path(folder, start, stop), features, item_ids[start:stop])
+            if bar is not None:
+                bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,128 @@
+"""The ``ctr-eval`` command: train, predict, models, errors; multi-process and kill/resume (slow)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ctr_eval.cli import default_run_dir, main, parse_set
+from ctr_eval.predict import read_submission
+from ctr_eval.train import LAST_CHECKPOINT, RESULT_FILE
+
+SMALL_SETS = ["--no-task1", "--set", "embedding_dim=8", "--set", "attention_hidden_units=[16]",
+              "--set", "dnn_hidden_units=[32,16]", "--set", "batch_size=512"]
+
+
+def test_parse_set_reads_json_values_and_keeps_other_text():
+    assert parse_set(["learning_rate=1e-3", "batch_norm=false", "dnn_hidden_units=[64, 32]",
+                      "embedding_regularizer=l2(1e-6)", "net_regularizer=null"]) == {
+        "learning_rate": 1e-3, "batch_norm": False, "dnn_hidden_units": [64, 32],
+        "embedding_regularizer": "l2(1e-6)", "net_regularizer": None}
+    with pytest.raises(ValueError, match=r"--set expects key=value, got 'learning_rate'"):
+        parse_set(["learning_rate"])
+
+
+def test_default_run_dir_is_stable_per_command(tmp_path):
+    a = default_run_dir("din", "abc", str(tmp_path), None)
+    assert a == default_run_dir("din", "abc", str(tmp_path), None)
+    assert a != default_run_dir("din", "abc", str(tmp_path), str(tmp_path / "x.parquet"))
+    assert a.parts[0] == "ctr_eval_runs" and a.name.startswith("din-abc-")
+
+
+def test_train_then_predict(tiny_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--max-epochs", "1",
+                 "--run-dir", str(run_dir), "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    result = json.loads((run_dir / RESULT_FILE).read_text())
+    assert f"valid AUC        {result['valid_auc']:.6f}" in out
+    assert "config hash      " + result["config_hash"] in out
+    code = main(["-q", "predict", "--run-dir", str(run_dir), "--data", str(tiny_root), "--task", "Task1&2",
+                 "--out", str(tmp_path / "sub"), "--no-progress"])
+    assert code == 0
+    assert f"wrote {tmp_path / 'sub' / 'submission.zip'}" in capsys.readouterr().out
+    task, scores = read_submission(tmp_path / "sub" / "submission.zip")
+    n_test = pq.ParquetFile(tiny_root / "MicroLens_1M_x1" / "test.parquet").metadata.num_rows
+    assert task == "Task1&2" and len(scores) == n_test
+
+
+def test_train_json_output(tiny_root, tmp_path, capsys):
+    code = main(["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--max-epochs", "1",
+                 "--run-dir", str(tmp_path / "run"), "--no-progress", "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "run" / RESULT_FILE).read_text())
+
+
+def test_task1_lock_is_reported_as_a_usage_error(tiny_root, tmp_path, capsys):
+    code = main(["train", "--data", str(tiny_root), "--set", "embedding_dim=8", "--run-dir", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "ctr-eval: error: Task 1 mode fixes the DIN configuration: embedding_dim may not change" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_data_dir_is_reported(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r")]) == 2
+    assert f"data_dir {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+def test_models_lists_the_registry(capsys):
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out.split() == ["din", "transact_dcn"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ctr_eval.cli", *args]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tiny_root, tmp_path):
+    args = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--max-epochs", "3", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli(*args, "--run-dir", str(tmp_path / "straight")), check=True, env=env,
+                   capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*args, "--run-dir", str(killed)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / LAST_CHECKPOINT).exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = torch.load(killed / LAST_CHECKPOINT, weights_only=False)["state"]["epoch"]
+    assert first < 3 and not (killed / RESULT_FILE).exists()
+    subprocess.run(_cli(*args, "--run-dir", str(killed)), check=True, env=env, capture_output=True)
+    a = json.loads((tmp_path / "straight" / RESULT_FILE).read_text())
+    b = json.loads((killed / RESULT_FILE).read_text())
+    assert [h["valid_auc"] for h in b["history"]] == [h["valid_auc"] for h in a["history"]]
+    assert b["valid_auc"] == a["valid_auc"]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one(tiny_root, tmp_path):
+    if shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("accelerate launcher not installed")
+    launcher = str(Path(sys.executable).parent / "accelerate")
+    args = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--max-epochs", "3", "--no-progress"]
+    subprocess.run(_cli(*args, "--run-dir", str(tmp_path / "one")), check=True, capture_output=True)
+    two = subprocess.run([launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ctr_eval.cli", *args,
+                          "--run-dir", str(tmp_path / "two")], capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / RESULT_FILE).read_text())
+    b = json.loads((tmp_path / "two" / RESULT_FILE).read_text())
+    assert (a["num_processes"], b["num_processes"]) == (1, 2)
+    # the summed train loss sees the same rows per epoch; AUC on 500 tiny valid rows is noisy
+    assert b["history"][0]["train_samples"] == a["history"][0]["train_samples"]
+    assert abs(a["valid_auc"] - b["valid_auc"]) < 0.02, (a["valid_auc"], b["valid_auc"])

@@ -1,0 +1,165 @@
+"""ctr_eval.layers: the exact-algebra DIN attention equals FuxiCTR's plain form; blocks."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ctr_eval.layers import CrossNetV2, DINAttention, ItemEncoder, MLPBlock, fuxictr_reset_linear, norm_penalty
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and steadier on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _attention_inputs(seed: int, batch: int = 12, length: int = 9, dim: int = 16, table: int = 25):
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+    keys = torch.randn(table, dim, generator=gen, dtype=torch.float64)
+    key_index = torch.randint(1, table, (batch, length), generator=gen)
+    lengths = torch.randint(0, length + 1, (batch,), generator=gen)
+    lengths[0] = 0  # a row with no history
+    lengths[1] = length  # a full row
+    mask = torch.arange(length)[None, :] >= (length - lengths)[:, None]
+    # as in the models: padded positions hold the padding item, whose vector is zero
+    keys[0] = 0
+    key_index[~mask] = 0
+    return query, keys, key_index, mask
+
+
+def _attention(dim=16, units=(32, 8), dropout=0.1, softmax=False, seed=0):
+    torch.manual_seed(seed)
+    layer = DINAttention(dim, units, dropout=dropout, use_softmax=softmax).double()
+    fuxictr_reset_linear(layer)
+    with torch.no_grad():  # non-zero biases so the bias path is tested too
+        for m in layer.modules():
+            if isinstance(m, nn.Linear):
+                m.bias.normal_()
+    return layer.eval()
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_attention_equals_plain_forward_and_backward(seed, softmax):
+    layer = _attention(softmax=softmax, seed=seed)
+    query, keys, key_index, mask = _attention_inputs(seed)
+    outputs, grads = [], []
+    for impl in ("exact", "plain"):
+        q = query.clone().requires_grad_(True)
+        k = keys.clone().requires_grad_(True)
+        layer.zero_grad()
+        out = layer(q, k, key_index, mask, impl=impl)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+        outputs.append(out.detach())
+        grads.append([q.grad, k.grad] + [p.grad.clone() for p in layer.parameters()])
+    assert outputs[0].shape == (12, 16)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
+    if softmax:
+        # plain softmax averages the (zero) padding vector into rows without history and so
+        # sends it a gradient; in the models that vector is built from padding rows that
+        # take no gradient, so only the other rows must agree
+        grads[0][1], grads[1][1] = grads[0][1][1:], grads[1][1][1:]
+    for g_exact, g_plain in zip(*grads):
+        torch.testing.assert_close(g_exact, g_plain, rtol=1e-9, atol=1e-10)
+    assert torch.all(outputs[0][0] == 0)  # no history -> nothing pooled
+
+
+def test_exact_attention_float32_tolerance():
+    layer = _attention().float()
+    query, keys, key_index, mask = (t.float() if t.is_floating_point() else t for t in _attention_inputs(5))
+    exact = layer(query, keys, key_index, mask, impl="exact")
+    plain = layer(query, keys, key_index, mask, impl="plain")
+    torch.testing.assert_close(exact, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["exact", "plain"])
+def test_padded_positions_never_change_the_output(impl):
+    layer = _attention()
+    query, keys, key_index, mask = _attention_inputs(3)
+    before = layer(query, keys, key_index, mask, impl=impl)
+    # point padded positions to other rows and make those rows huge random vectors
+    moved = key_index.clone()
+    moved[~mask] = 24
+    noisy = keys.clone()
+    noisy[24] = torch.randn(16, dtype=keys.dtype) * 1e3
+    if bool((key_index[mask] == 24).any()):
+        pytest.skip("row 24 is used by a real position in this draw")
+    after = layer(query, noisy, moved, mask, impl=impl)
+    torch.testing.assert_close(before, after, rtol=1e-12, atol=1e-12)
+
+
+def test_dropout_acts_in_training_and_not_in_eval():
+    layer = _attention(dropout=0.5)
+    query, keys, key_index, mask = _attention_inputs(4)
+    layer.train()
+    torch.manual_seed(0)
+    a = layer(query, keys, key_index, mask)
+    b = layer(query, keys, key_index, mask)
+    assert not torch.allclose(a[mask.any(1)], b[mask.any(1)])
+    layer.eval()
+    torch.testing.assert_close(layer(query, keys, key_index, mask), layer(query, keys, key_index, mask))
+
+
+def test_unknown_attention_impl_is_refused():
+    layer = _attention()
+    with pytest.raises(ValueError, match=r"unknown attention impl 'fast'; valid: \('exact', 'plain'\)"):
+        layer(*_attention_inputs(0), impl="fast")
+
+
+def test_mlp_block_layer_order_is_fuxictr():
+    block = MLPBlock(10, [8, 4], output_dim=1, dropout=0.2, batch_norm=True)
+    kinds = [type(m).__name__ for m in block.layers]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear", "BatchNorm1d", "ReLU",
+                     "Dropout", "Linear"]
+    assert [type(m).__name__ for m in MLPBlock(10, [8], dropout=0.0).layers] == ["Linear", "ReLU"]
+
+
+def test_crossnet_v2_formula():
+    torch.manual_seed(0)
+    net = CrossNetV2(6, 2)
+    x0 = torch.randn(3, 6)
+    x1 = x0 + x0 * net.cross_layers[0](x0)
+    x2 = x1 + x0 * net.cross_layers[1](x1)
+    torch.testing.assert_close(net(x0), x2)
+
+
+def test_item_encoder_layout_and_masked_mean():
+    tags = torch.tensor([[0, 0, 0, 0, 0], [1, 2, 0, 0, 0], [3, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    emb = torch.randn(4, 128)
+    emb[0] = 0
+    enc = ItemEncoder(tags, emb, embedding_dim=4)
+    enc.reset_embeddings(std=1.0)
+    out = enc(torch.tensor([1, 2, 3, 0]))
+    assert out.shape == (4, 4 + 4 + 128) and enc.output_dim == 136
+    tag_w = enc.tag_embedding.weight
+    torch.testing.assert_close(out[0, 4:8], (tag_w[1] + tag_w[2]) / 2)
+    torch.testing.assert_close(out[1, 4:8], tag_w[3])
+    assert torch.all(out[2, 4:8] == 0)  # an item without tags pools to zero
+    torch.testing.assert_close(out[0, 8:], enc.emb_projection(emb[1]))
+    assert enc.emb_projection.bias is None
+    assert torch.all(out[3] == 0)  # the padding item is all zero
+    assert "item_emb" not in enc.state_dict() and "item_tags" not in enc.state_dict()
+
+
+def test_fuxictr_reset_linear_only_touches_exact_linears():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 1)
+    before = mha.out_proj.weight.clone()
+    model = nn.Sequential(nn.Linear(8, 8), mha)
+    fuxictr_reset_linear(model)
+    assert torch.equal(mha.out_proj.weight, before)  # Linear subclass: left alone
+    assert torch.all(model[0].bias == 0)
+
+
+def test_norm_penalty_matches_fuxictr_form():
+    a = nn.Parameter(torch.tensor([3.0, -4.0]))
+    b = nn.Parameter(torch.tensor([[1.0, 2.0]]))
+    value = norm_penalty([a, b], [(2, 0.1), (1, 0.01)])
+    expected = 0.1 / 2 * (25 + 5) + 0.01 * (7 + 3)
+    assert value.item() == pytest.approx(expected)
+    assert norm_penalty([a], []) is None

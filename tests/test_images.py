@@ -1,0 +1,205 @@
+"""Image sources: stored RAR4 (written by tests/rar4.py), zip, folder precedence, safety."""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rarfile
+
+from mmembed.datasets import DatasetError, ItemCatalog, MissingFileError, find_layout
+from mmembed.datasets.images import MARKER_NAME, RarImageSource, ZipImageSource
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rar4 import METHOD_NORMAL, rar4_bytes, write_rar4  # noqa: E402
+
+N_ARCHIVED = 12  # archives hold the first few items only: fast, and the rest count as missing
+
+
+def images_to_archive(root: Path, ids=range(1, N_ARCHIVED + 1)) -> dict[str, bytes]:
+    return {f"item_images/{i}.jpg": (root / "item_images" / f"{i}.jpg").read_bytes() for i in ids}
+
+
+def rar_dataset(tiny_copy: Path, members: dict[str, bytes] | None = None, **kwargs) -> Path:
+    members = members if members is not None else images_to_archive(tiny_copy)
+    shutil.rmtree(tiny_copy / "item_images")
+    return write_rar4(tiny_copy / "item_images.rar", members, **kwargs)
+
+
+def test_rar4_writer_is_read_by_rarfile(tmp_path):
+    members = {"item_images/1.jpg": b"abc", "item_images/22.jpg": bytes(range(256)) * 3}
+    path = write_rar4(tmp_path / "a.rar", members)
+    with rarfile.RarFile(path, errors="strict") as archive:
+        infos = archive.infolist()
+        assert [i.filename for i in infos] == list(members)
+        assert [i.file_size for i in infos] == [3, 768]
+        assert all(i.compress_type == rarfile.RAR_M0 for i in infos)
+        assert archive.read("item_images/22.jpg") == members["item_images/22.jpg"]
+        archive.testrar()  # CRCs check out
+
+
+def test_rar_source_extracts_once(tiny_copy, caplog):
+    originals = images_to_archive(tiny_copy)
+    rar = rar_dataset(tiny_copy)
+    cat = ItemCatalog.from_dir(tiny_copy, progress=False)
+    assert isinstance(cat.image_source, RarImageSource)
+    cache = tiny_copy / ".mmembed_cache" / "item_images"
+    assert not cache.exists()  # nothing happens before the first image is needed
+    with caplog.at_level(logging.INFO, logger="mmembed.datasets.images"):
+        image = cat.load_image(0)
+    assert image.mode == "RGB" and image.size == (128, 128)
+    assert cat.image_bytes(2) == originals["item_images/3.jpg"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [f"{i}.jpg" for i in range(1, N_ARCHIVED + 1)] + [MARKER_NAME])
+    assert sum("extracting" in r.message for r in caplog.records) == 1
+    marker_mtime = (cache / MARKER_NAME).stat().st_mtime_ns
+    file_mtime = (cache / "1.jpg").stat().st_mtime_ns
+
+    caplog.clear()
+    again = ItemCatalog.from_dir(tiny_copy, progress=False)
+    with caplog.at_level(logging.INFO, logger="mmembed.datasets.images"):
+        assert again.image_bytes(0) == originals["item_images/1.jpg"]
+    assert not any("extracting" in r.message for r in caplog.records)
+    assert (cache / MARKER_NAME).stat().st_mtime_ns == marker_mtime
+    assert (cache / "1.jpg").stat().st_mtime_ns == file_mtime
+
+    # A changed archive (new size and mtime) is extracted again.
+    members = dict(originals)
+    members["item_images/1.jpg"] = originals["item_images/2.jpg"]
+    write_rar4(rar, members)
+    os.utime(rar, ns=(marker_mtime + 10**9, marker_mtime + 10**9))
+    fresh = ItemCatalog.from_dir(tiny_copy, progress=False)
+    assert fresh.image_bytes(0) == originals["item_images/2.jpg"]
+    assert fresh.load_image(N_ARCHIVED) is None  # not in the archive
+
+
+def test_rar_fingerprint_needs_no_extraction(tiny_copy):
+    rar_dataset(tiny_copy)
+    cat = ItemCatalog.from_dir(tiny_copy, progress=False)
+    first = cat.fingerprint()
+    assert not (tiny_copy / ".mmembed_cache").exists()
+    assert ItemCatalog.from_dir(tiny_copy, progress=False).fingerprint() == first
+
+
+def test_rar_pickled_catalog_reads_images(tiny_copy):
+    rar_dataset(tiny_copy)
+    cat = ItemCatalog.from_dir(tiny_copy, progress=False)
+    cat.prepare_images()
+    clone = pickle.loads(pickle.dumps(cat))
+    assert np.array_equal(np.asarray(clone.load_image(4)), np.asarray(cat.load_image(4)))
+
+
+@pytest.mark.parametrize("evil", ["../evil.jpg", "item_images/../../evil.jpg", "/tmp/evil.jpg"])
+def test_rar_refuses_members_outside_the_folder(tiny_copy, evil):
+    members = images_to_archive(tiny_copy, ids=[1, 2])
+    members[evil] = b"gotcha"
+    rar_dataset(tiny_copy, members)
+    with pytest.raises(DatasetError, match=r"item_images\.rar: member '.*evil\.jpg' would be "
+                                           r"extracted outside the image folder; refusing"):
+        ItemCatalog.from_dir(tiny_copy, progress=False)
+    assert not (tiny_copy / ".mmembed_cache").exists()
+    assert not (tiny_copy / "evil.jpg").exists() and not (tiny_copy.parent / "evil.jpg").exists()
+
+
+def test_rar_compressed_members_need_unar(tiny_copy):
+    try:
+        rarfile.tool_setup()
+        pytest.skip("a RAR tool is installed here: the no-backend error cannot happen")
+    except rarfile.RarCannotExec:
+        pass
+    rar_dataset(tiny_copy, images_to_archive(tiny_copy, ids=[1]), method=METHOD_NORMAL)
+    with pytest.raises(DatasetError, match=r"item_images\.rar: holds compressed members and no "
+                                           r"RAR decompressor was found; .*apt-get install unar"):
+        ItemCatalog.from_dir(tiny_copy, progress=False)
+    # Without images the catalog still loads.
+    assert len(ItemCatalog.from_dir(tiny_copy, images=None)) == 600
+
+
+def test_rar_corrupt_archive(tiny_copy):
+    rar = rar_dataset(tiny_copy)
+    data = rar.read_bytes()
+    rar.write_bytes(data[:200])
+    with pytest.raises(DatasetError, match=r"item_images\.rar: not a readable RAR archive"):
+        ItemCatalog.from_dir(tiny_copy, progress=False)
+    rar.write_bytes(b"definitely not a rar archive")
+    with pytest.raises(DatasetError, match=r"item_images\.rar: not a readable RAR archive"):
+        ItemCatalog.from_dir(tiny_copy, progress=False)
+
+
+def test_rar_member_with_bad_crc(tiny_copy):
+    data = bytearray(rar4_bytes({"item_images/1.jpg": b"x" * 100}))
+    data[-20] ^= 0xFF  # a byte inside the member's data (the end block is 7 bytes)
+    shutil.rmtree(tiny_copy / "item_images")
+    (tiny_copy / "item_images.rar").write_bytes(bytes(data))
+    cat = ItemCatalog.from_dir(tiny_copy, progress=False)
+    with pytest.raises(DatasetError, match=r"member 'item_images/1\.jpg' is corrupt"):
+        cat.load_image(0)
+    assert not (tiny_copy / ".mmembed_cache" / "item_images").exists()
+
+
+def test_zip_source_reads_members_directly(tiny_copy):
+    originals = images_to_archive(tiny_copy, ids=range(1, 601))
+    folder_image = np.asarray(ItemCatalog.from_dir(tiny_copy).load_image(9))
+    shutil.rmtree(tiny_copy / "item_images")
+    with zipfile.ZipFile(tiny_copy / "item_images.zip", "w") as zf:
+        for name, data in originals.items():
+            zf.writestr(name, data)
+    cat = ItemCatalog.from_dir(tiny_copy)
+    assert isinstance(cat.image_source, ZipImageSource)
+    assert cat.image_bytes(9) == originals["item_images/10.jpg"]
+    assert np.array_equal(np.asarray(cat.load_image(9)), folder_image)
+    clone = pickle.loads(pickle.dumps(cat))
+    assert clone.image_bytes(599) == originals["item_images/600.jpg"]
+    assert not (tiny_copy / ".mmembed_cache").exists()
+
+
+def test_zip_corrupt(tiny_copy):
+    shutil.rmtree(tiny_copy / "item_images")
+    (tiny_copy / "item_images.zip").write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(DatasetError, match=r"item_images\.zip: not a readable zip archive"):
+        ItemCatalog.from_dir(tiny_copy)
+
+
+def test_source_precedence_and_explicit_path(tiny_copy):
+    with zipfile.ZipFile(tiny_copy / "item_images.zip", "w") as zf:
+        zf.writestr("item_images/1.jpg", (tiny_copy / "item_images" / "1.jpg").read_bytes())
+    write_rar4(tiny_copy / "item_images.rar", images_to_archive(tiny_copy, ids=[1]))
+    layout = find_layout(tiny_copy)
+    assert layout.image_source == tiny_copy.resolve() / "item_images"
+    assert ItemCatalog.from_dir(tiny_copy).image_source.kind == "folder"
+    explicit = ItemCatalog.from_dir(tiny_copy, images=tiny_copy / "item_images.zip")
+    assert explicit.image_source.kind == "zip"
+    with pytest.raises(MissingFileError, match="image source not found"):
+        ItemCatalog.from_dir(tiny_copy, images=tiny_copy / "nope.zip")
+    (tiny_copy / "covers.tar").write_bytes(b"")
+    with pytest.raises(DatasetError, match="unsupported image source"):
+        ItemCatalog.from_dir(tiny_copy, images=tiny_copy / "covers.tar")
+
+
+def test_rar_valid_cache_skips_parsing_the_archive(tiny_copy, monkeypatch):
+    originals = images_to_archive(tiny_copy)
+    rar_dataset(tiny_copy)
+    first = ItemCatalog.from_dir(tiny_copy, progress=False)
+    fingerprint = first.fingerprint()
+    first.prepare_images()
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("the archive was parsed again")
+
+    monkeypatch.setattr(rarfile, "RarFile", no_parsing)
+    again = ItemCatalog.from_dir(tiny_copy, progress=False)
+    assert again.fingerprint() == fingerprint
+    assert again.image_bytes(4) == originals["item_images/5.jpg"]
+    monkeypatch.undo()
+    # The cache vanishing after the source was made (from the marker): the archive is
+    # parsed and extracted again on next access.
+    stale = ItemCatalog.from_dir(tiny_copy, progress=False)
+    shutil.rmtree(tiny_copy / ".mmembed_cache")
+    assert stale.image_bytes(4) == originals["item_images/5.jpg"]
+    assert (tiny_copy / ".mmembed_cache" / "item_images" / MARKER_NAME).is_file()
