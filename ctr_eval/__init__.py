@@ -31,8 +31,8 @@ _EXPORTS = {
     "load_split": "ctr_eval.data",
     "auc": "ctr_eval.metrics",
     "logloss": "ctr_eval.metrics",
-    "write_submission": "ctr_eval.predict",
-    "read_submission": "ctr_eval.predict",
+    "write_submission": "ctr_eval.submission",
+    "read_submission": "ctr_eval.submission",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -16,7 +16,7 @@ from ctr_eval import _io
 from ctr_eval.config import config_hash, config_to_dict, resolve_config
 from ctr_eval.data import ItemTable, check_ids, load_item_table, load_split
 from ctr_eval.models import build_model
-from ctr_eval.predict import check_task, write_submission
+from ctr_eval.submission import check_task, write_submission
 from ctr_eval.train import (BEST_CHECKPOINT, ITEM_TABLE_FILE, RUN_FILE, RunOptions, Trainer,
                             make_accelerator, predict_probs, table_fingerprint)
 

@@ -5,8 +5,12 @@
     ctr-eval predict --run-dir R --data DIR [--task Task1] [--out DIR]
     ctr-eval models
 
-Several processes: ``accelerate launch [--cpu] --num_processes P -m ctr_eval.cli train ...``
-(the global batch stays ``batch_size``; each process takes ``batch_size / P`` rows).
+Several processes: ``accelerate launch --multi_gpu --num_processes P -m ctr_eval.cli train ...``
+or ``torchrun --standalone --nproc_per_node P -m ctr_eval.cli train ...``; on a machine
+without a GPU (or with ``--device cpu``) the processes form a CPU (gloo) group. The global
+batch stays ``batch_size``; each process takes ``batch_size / P`` rows of it. (Plain
+``accelerate launch --cpu --num_processes P`` starts P processes only through mpirun,
+i.e. with ``--mpirun_hostfile``; without it, it starts one.)
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ctr_eval.predict import TASK_COLUMNS
+from ctr_eval.submission import TASK_COLUMNS
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ __all__ = [
     "DINAttention",
     "CrossNetV2",
     "fuxictr_reset_linear",
+    "batch_unique",
     "norm_penalty",
     "ATTENTION_IMPLS",
 ]
@@ -39,7 +40,8 @@ class MLPBlock(nn.Module):
             layers.append(nn.Linear(width, units))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(units))
-            layers.append(nn.ReLU())
+            # in place: the Linear/BatchNorm before it does not need its output for backward
+            layers.append(nn.ReLU(inplace=True))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = units
@@ -159,8 +161,8 @@ class DINAttention(nn.Module):
         # accumulating index_put that advanced indexing uses
         k_real = keys.index_select(0, key_rows)
         product = query.index_select(0, rows) * k_real
-        hidden = torch.addmm(q_part.index_select(0, rows) + k_part.index_select(0, key_rows),
-                             product, w_p.t())
+        hidden = torch.addmm(k_part.index_select(0, key_rows), product, w_p.t())
+        hidden = hidden.add_(q_part.index_select(0, rows))
         scores = self.mlp.layers[1:](hidden).squeeze(-1)
         if self.use_softmax:
             dense = scores.new_full((batch, length), -1e9).index_put((rows, cols), scores)
@@ -194,6 +196,17 @@ class CrossNetV2(nn.Module):
         for layer in self.cross_layers:
             x = x + x0 * layer(x)
         return x
+
+
+def batch_unique(ids: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted distinct values of ``ids``, position of each id among them), for ids in
+    [0, num_rows): the result of ``torch.unique(ids, return_inverse=True)`` without a
+    sort, in O(len(ids) + num_rows)."""
+    present = torch.zeros(num_rows, dtype=torch.bool, device=ids.device)
+    present[ids] = True
+    unique_ids = present.nonzero().squeeze(1)
+    slot = torch.cumsum(present, dim=0) - 1
+    return unique_ids, slot[ids]
 
 
 def fuxictr_reset_linear(module: nn.Module) -> None:

@@ -120,18 +120,46 @@ def early_stop_step(state: TrainState, record: dict[str, Any], config: Any) -> b
     return improved
 
 
+def pin_mkl_threads() -> bool:
+    """Stop MKL from changing its thread count at run time (MKL_DYNAMIC=FALSE).
+
+    With dynamic threading on (MKL's default) a loaded machine can make a matrix product
+    run on fewer threads, which changes the float summation order and so the last bits of
+    the result: two identical CPU runs then drift apart. Intel's reproducibility notes
+    ask for dynamic threading off; torch links MKL statically but exports its
+    C function ``MKL_Set_Dynamic``. Returns whether the call was made.
+    """
+    if not torch.backends.mkl.is_available():
+        return False
+    import ctypes
+
+    lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        ctypes.CDLL(str(lib)).MKL_Set_Dynamic(ctypes.c_int(0))  # the C API (by value)
+    except (OSError, AttributeError):  # another platform or build: nothing to pin
+        logger.debug("mkl_set_dynamic not found in %s", lib)
+        return False
+    return True
+
+
 def make_accelerator(options: RunOptions) -> Accelerator:
     """One Accelerator for a run; on CPU, torch threads = cores / processes."""
     options.check()
     # broadcast_buffers=False: DDP would otherwise re-send every buffer (the item table
     # included) at each forward; batch-norm statistics are synchronised before evaluation.
-    acc = Accelerator(cpu=options.device == "cpu", mixed_precision=options.mixed_precision,
+    # Accelerate only forms a multi-process CPU group (gloo) when told cpu=True, so a
+    # machine without a GPU asks for it explicitly (else torchrun's processes would each
+    # train alone).
+    no_gpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    cpu = options.device == "cpu" or (options.device is None and no_gpu)
+    acc = Accelerator(cpu=cpu, mixed_precision=options.mixed_precision,
                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     if acc.device.type == "cpu":
         if options.mixed_precision != "no":
             raise ValueError("mixed precision (bf16/fp16) is for GPU runs; use mixed_precision='no' on CPU")
         threads = options.num_threads or max(1, (os.cpu_count() or 1) // acc.num_processes)
         torch.set_num_threads(threads)
+        pin_mkl_threads()
     return acc
 
 

@@ -46,6 +46,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encoders(args: argparse.Namespace) -> int:
+    from mmembed.encoders import encoders_table
+
+    print(encoders_table())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mmembed.demo import run_demo
 
@@ -82,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-images", action="store_true",
                    help="treat missing or undecodable cover images as errors")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("encoders", help="list the registered encoders and whether their weights are here")
+    p.set_defaults(func=cmd_encoders)
 
     p = sub.add_parser("summary", help="print a summary table of a dataset")
     p.add_argument("data_dir")

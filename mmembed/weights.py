@@ -15,10 +15,11 @@ fetches it. Nothing here ever falls back to random weights.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -67,13 +68,11 @@ class ResolvedWeights:
     model: str
     path: Path
     source: str
-    _fingerprint: list = field(default_factory=list, repr=False, compare=False)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        if not self._fingerprint:
-            self._fingerprint.append(fingerprint_path(self.path))
-        return self._fingerprint[0]
+        # cached_property writes to the instance __dict__, which a frozen dataclass allows.
+        return fingerprint_path(self.path)
 
     def identity(self) -> str:
         """Path plus a hash of file names and sizes: changes when the files change."""

@@ -217,7 +217,7 @@ def test_killed_run_resumes_with_only_the_missing_shards(stand_in, tmp_path):
         [sys.executable, str(stand_in.path), str(cache_dir), str(counter), "0.6", "-"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not _shards(cache_dir) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)

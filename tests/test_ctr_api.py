@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import ctr_eval
-from ctr_eval.predict import read_submission
+from ctr_eval.submission import read_submission
 from ctr_eval.train import BEST_CHECKPOINT, LAST_CHECKPOINT, RESULT_FILE, RUN_FILE
 
 SMALL = {"embedding_dim": 8, "attention_hidden_units": [16], "dnn_hidden_units": [32, 16],
@@ -164,6 +164,16 @@ def test_predict_writes_test_scores_in_test_order(tiny_root, tmp_path):
     _, valid_scores = read_submission(zip_valid)
     labels = ctr_eval.load_split(tiny_root, "valid").label.numpy()
     assert ctr_eval.auc(labels, valid_scores) == pytest.approx(result["valid_auc"], abs=1e-6)
+
+
+def test_public_names_are_the_functions():
+    import ctr_eval.api
+    import ctr_eval.submission  # noqa: F401  (a loaded submodule must not shadow a function)
+
+    assert ctr_eval.predict is ctr_eval.api.predict and ctr_eval.evaluate is ctr_eval.api.evaluate
+    assert "din" in ctr_eval.list_models()
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        ctr_eval.nope
 
 
 def test_predict_needs_a_trained_run_dir(tiny_root, tmp_path):

@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from ctr_eval.cli import default_run_dir, main, parse_set
-from ctr_eval.predict import read_submission
+from ctr_eval.submission import read_submission
 from ctr_eval.train import LAST_CHECKPOINT, RESULT_FILE
 
 SMALL_SETS = ["--no-task1", "--set", "embedding_dim=8", "--set", "attention_hidden_units=[16]",
@@ -111,18 +109,20 @@ def test_killed_run_resumes_to_the_same_result(tiny_root, tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_processes_match_one(tiny_root, tmp_path):
-    if shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None:
-        pytest.skip("accelerate launcher not installed")
-    launcher = str(Path(sys.executable).parent / "accelerate")
-    args = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--max-epochs", "3", "--no-progress"]
+    args = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--max-epochs", "3", "--no-progress",
+            "--device", "cpu"]
     subprocess.run(_cli(*args, "--run-dir", str(tmp_path / "one")), check=True, capture_output=True)
-    two = subprocess.run([launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ctr_eval.cli", *args,
-                          "--run-dir", str(tmp_path / "two")], capture_output=True, text=True)
+    # torchrun (what `accelerate launch --multi_gpu` runs too); see ctr_eval.cli's docstring
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "ctr_eval.cli", *args, "--run-dir", str(tmp_path / "two")],
+                         capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-3000:]
     a = json.loads((tmp_path / "one" / RESULT_FILE).read_text())
     b = json.loads((tmp_path / "two" / RESULT_FILE).read_text())
     assert (a["num_processes"], b["num_processes"]) == (1, 2)
-    # the summed train loss sees the same rows per epoch; AUC on 500 tiny valid rows is noisy
     assert b["history"][0]["train_samples"] == a["history"][0]["train_samples"]
-    assert abs(a["valid_auc"] - b["valid_auc"]) < 0.02, (a["valid_auc"], b["valid_auc"])
+    # same global batches and loss scale: the first epoch's mean train loss nearly agrees
+    # (dropout masks and per-process batch-norm statistics differ)
+    assert b["history"][0]["train_bce"] == pytest.approx(a["history"][0]["train_bce"], abs=5e-3)
+    # AUC on the 500 tiny valid rows is noisy; the 0.002 check is on the small set (report)
+    assert abs(a["valid_auc"] - b["valid_auc"]) < 0.05, (a["valid_auc"], b["valid_auc"])

@@ -163,3 +163,12 @@ def test_norm_penalty_matches_fuxictr_form():
     expected = 0.1 / 2 * (25 + 5) + 0.01 * (7 + 3)
     assert value.item() == pytest.approx(expected)
     assert norm_penalty([a], []) is None
+
+
+def test_batch_unique_equals_torch_unique():
+    from ctr_eval.layers import batch_unique
+
+    ids = torch.tensor([5, 0, 3, 5, 9, 3, 3, 0])
+    values, inverse = batch_unique(ids, 10)
+    expected_values, expected_inverse = torch.unique(ids, return_inverse=True)
+    assert torch.equal(values, expected_values) and torch.equal(inverse, expected_inverse)

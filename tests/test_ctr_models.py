@@ -117,8 +117,9 @@ def test_full_size_din_has_the_baseline_shapes():
     assert out.shape == (16,)
 
 
-def test_din_exact_equals_plain_forward_and_backward():
-    model = small_din().double().eval()
+@pytest.mark.parametrize("softmax", [False, True])
+def test_din_exact_equals_plain_forward_and_backward(softmax):
+    model = small_din(din_use_softmax=softmax).double().eval()
     batch = make_batch(1)
     results = []
     for impl in ("exact", "plain"):

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from ctr_eval.predict import check_task, read_submission, submission_csv_text, write_submission
+from ctr_eval.submission import check_task, read_submission, submission_csv_text, write_submission
 
 
 def test_submission_zip_holds_prediction_csv_in_order(tmp_path):

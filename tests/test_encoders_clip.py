@@ -163,3 +163,21 @@ def test_low_precision_runs_and_stays_close(catalog):
     assert bf16.vectors.dtype == np.float32
     np.testing.assert_array_equal(bf16.valid, fp32.valid)
     np.testing.assert_allclose(bf16.vectors, fp32.vectors, atol=0.05)
+
+
+def test_local_dir_model_folder(catalog, tmp_path):
+    import torch
+
+    reference = create_encoder(tiny_clip_spec(towers="text"))
+    expected = reference.encode(catalog, progress=False).vectors
+    folder = tmp_path / "tiny_clip_folder"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(
+        __import__("json").dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}})
+    )
+    with pytest.raises(WeightsNotAvailable, match="has open_clip_config.json but no checkpoint"):
+        create_encoder({"name": "clip", "model": f"local-dir:{folder}", "towers": "text"})
+    torch.save(reference._model[0].state_dict(), folder / "open_clip_pytorch_model.bin")
+    enc = create_encoder({"name": "clip", "model": f"local-dir:{folder}", "towers": "text"})
+    assert not enc.is_random_init and enc.dim == 16
+    np.testing.assert_allclose(enc.encode(catalog, progress=False).vectors, expected, atol=1e-6)

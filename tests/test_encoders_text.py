@@ -115,3 +115,18 @@ def test_bert_default_model_is_not_available_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsNotAvailable, match=r"'bert-base-uncased'.*`hf download bert-base-uncased`"):
         create_encoder("bert")
+
+
+def test_bert_checkpoint_with_missing_weights_is_refused(minilm_path, tmp_path, catalog):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(minilm_path, broken)
+    state = load_file(broken / "model.safetensors")
+    del state[next(k for k in state if "layer.5.output.dense.weight" in k)]
+    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    enc = create_encoder({"name": "bert", "model": str(broken)})
+    with pytest.raises(ValueError, match=r"1 weights missing from the checkpoint .*refusing to run half-random"):
+        enc.encode(catalog, progress=False)

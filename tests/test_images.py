@@ -159,6 +159,36 @@ def test_zip_source_reads_members_directly(tiny_copy):
     assert not (tiny_copy / ".mmembed_cache").exists()
 
 
+_INHERITED: dict = {}  # a catalog that forked workers inherit instead of unpickling
+
+
+def _read_in_worker(args):
+    catalog, positions = args
+    catalog = _INHERITED["catalog"] if catalog is None else catalog
+    return [catalog.image_bytes(p) for p in positions]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses the fork start method")
+def test_zip_catalog_in_worker_processes(tiny_copy):
+    import multiprocessing
+
+    originals = images_to_archive(tiny_copy, ids=range(1, 41))
+    shutil.rmtree(tiny_copy / "item_images")
+    with zipfile.ZipFile(tiny_copy / "item_images.zip", "w") as zf:
+        for name, data in originals.items():
+            zf.writestr(name, data)
+    cat = ItemCatalog.from_dir(tiny_copy)
+    assert cat.image_bytes(0) == originals["item_images/1.jpg"]  # parent's handle is open
+    _INHERITED["catalog"] = cat  # forked workers share the parent's open zip handle object
+    jobs = [(None, range(0, 20)), (cat.subset(np.arange(20, 40)), range(0, 20))]
+    try:
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            results = pool.map(_read_in_worker, jobs, chunksize=1)
+    finally:
+        _INHERITED.clear()
+    assert results[0] + results[1] == [originals[f"item_images/{i}.jpg"] for i in range(1, 41)]
+
+
 def test_zip_corrupt(tiny_copy):
     shutil.rmtree(tiny_copy / "item_images")
     (tiny_copy / "item_images.zip").write_bytes(b"PK\x03\x04 broken")
@@ -203,3 +233,19 @@ def test_rar_valid_cache_skips_parsing_the_archive(tiny_copy, monkeypatch):
     shutil.rmtree(tiny_copy / ".mmembed_cache")
     assert stale.image_bytes(4) == originals["item_images/5.jpg"]
     assert (tiny_copy / ".mmembed_cache" / "item_images" / MARKER_NAME).is_file()
+
+
+def test_summary_and_validator_with_a_rar(tiny_copy):
+    from mmembed.datasets import format_summary, summarize, validate_dataset
+
+    rar_dataset(tiny_copy)
+    summary = summarize(tiny_copy)
+    assert summary["images"]["kind"] == "rar" and summary["images"]["count"] == N_ARCHIVED
+    assert summary["images"]["example_size"] is None  # summarize never extracts
+    assert "images (rar): 12 files, size unknown (archive not extracted yet)" in format_summary(summary)
+    report = validate_dataset(tiny_copy, progress=False)
+    stats = report.image_stats
+    assert report.ok and stats.source == "item_images.rar"
+    assert (stats.checked, stats.missing, stats.undecodable) == (600, 600 - N_ARCHIVED, 0)
+    assert stats.missing_ids == [13, 14, 15, 16, 17]
+    assert summarize(tiny_copy)["images"]["example_size"] == [128, 128]  # extracted by now

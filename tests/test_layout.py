@@ -33,6 +33,9 @@ def test_find_layout_errors(tmp_path):
     with pytest.raises(MissingFileError, match=r"holds neither MicroLens_1M_x1/ nor "
                                                r"item_feature\.parquet nor train\.parquet"):
         find_layout(tmp_path)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(MissingFileError, match=r"file\.txt: not a directory"):
+        find_layout(tmp_path / "file.txt")
     (tmp_path / X1).mkdir()
     layout = find_layout(tmp_path)
     assert not any(layout.present().values()) and layout.image_source is None

@@ -179,6 +179,19 @@ def test_images_are_decodable_jpegs_of_at_least_128px(tiny_root):
             img.load()
 
 
+def test_images_do_not_depend_on_worker_count_or_chunking():
+    from mmembed.datasets.synthetic import images
+
+    params = np.random.default_rng(5).random((12, images.N_PARAMS))
+    serial = list(images.render_all(params, seed=3, size=128, workers=1, chunk=12))
+    pooled = list(images.render_all(params, seed=3, size=128, workers=2, chunk=5))
+    assert [i for i, _ in serial] == list(range(1, 13))
+    assert serial == pooled
+    assert len({blob for _, blob in serial}) == 12
+    other_seed = list(images.render_all(params[:2], seed=4, size=128, workers=1))
+    assert other_seed[0][1] != serial[0][1]  # per-item jitter follows the seed
+
+
 def test_overwrite_replaces_the_other_image_form(tiny_copy):
     summary = generate(tiny_copy, scale="tiny", seed=0, image_zip=True, overwrite=True)
     assert summary["n_images"] == TINY.n_items

@@ -1,6 +1,7 @@
 """validate_dataset: one broken file per rule, with the exact problem it must report."""
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -200,6 +201,9 @@ def test_truncated_and_missing_files(tiny_copy):
                                                             (TRAIN, None, None)]
     assert problems[0].message.startswith("file not found (expected layout: ROOT/MicroLens_1M_x1/")
     assert problems[1].message.startswith("not a readable parquet file (truncated or corrupt?)")
+    report = check(tiny_copy, check_images=False)
+    assert report.rows["train"] is None and report.rows["test"] is None
+    assert "  train         absent or unreadable" in report.format()
 
 
 def test_image_problems_counted_fatal_only_when_required(tiny_copy):
@@ -270,3 +274,20 @@ def test_nulls_are_flagged(tiny_copy):
         Problem(TRAIN, "item_id", 12, "null value (every row needs a value); 1 row breaks this: row 12"),
         Problem(TRAIN, "item_seq", 30, "null value inside the list; 1 row breaks this: row 30"),
     ]
+
+
+def test_fixed_size_and_large_lists_are_accepted(tiny_copy):
+    table = pq.read_table(tiny_copy / INFO)
+    emb = table.column("item_emb_d128").combine_chunks()
+    fixed = pa.FixedSizeListArray.from_arrays(emb.flatten(), 128)
+    tags = table.column("item_tags").cast(pa.large_list(pa.int32()))
+    table = table.set_column(2, "item_emb_d128", fixed).set_column(1, "item_tags", tags)
+    pq.write_table(table, tiny_copy / INFO)
+    assert check(tiny_copy, check_images=False).ok
+    fixed_bad = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.where(np.arange(len(emb.flatten())) == 128 * 4 + 7, np.inf,
+                          emb.flatten().to_numpy()).astype(np.float32)), 128)
+    pq.write_table(table.set_column(2, "item_emb_d128", fixed_bad), tiny_copy / INFO)
+    assert only_problem(check(tiny_copy, check_images=False)) == Problem(
+        INFO, "item_emb_d128", 4, "embedding values must be finite (no NaN or inf); "
+        "1 row breaks this: row 4")

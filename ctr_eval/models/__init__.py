@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CONFIG_CLASSES, DINConfig, TransActConfig
+from ..config import CONFIG_CLASSES, DINConfig, TransActConfig, parse_regularizer
 from ..data import ItemTable
+from ..layers import norm_penalty
 
 __all__ = ["build_model", "list_models", "register_model", "ctr_loss", "CTRModel"]
 
@@ -73,9 +74,6 @@ class CTRModel(nn.Module):
     def regularization_loss(self) -> torch.Tensor:
         """FuxiCTR ``BaseModel.regularization_loss``: embedding_regularizer on the
         embedding parameters, net_regularizer on all others, (lambda/p) ||w||_p^p."""
-        from ..config import parse_regularizer
-        from ..layers import norm_penalty
-
         emb_params = self.embedding_parameters()
         emb_ids = {id(p) for p in emb_params}
         net_params = [p for p in self.parameters() if id(p) not in emb_ids]

@@ -27,7 +27,8 @@ from torch import nn
 
 from ..config import DINConfig
 from ..data import ItemTable
-from ..layers import ATTENTION_IMPLS, DINAttention, ItemEncoder, MLPBlock, fuxictr_reset_linear
+from ..layers import (ATTENTION_IMPLS, DINAttention, ItemEncoder, MLPBlock, batch_unique,
+                      fuxictr_reset_linear)
 from . import CTRModel, register_model
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class DIN(CTRModel):
             table = self.items(all_ids)
             index = torch.arange(all_ids.numel(), device=all_ids.device)
         else:
-            unique_ids, index = torch.unique(all_ids, return_inverse=True)
+            unique_ids, index = batch_unique(all_ids, self.items.num_rows)
             table = self.items(unique_ids)
         return table, index[:batch], index[batch:].reshape(batch, length)
 

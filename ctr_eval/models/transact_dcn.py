@@ -40,7 +40,7 @@ from torch import nn
 
 from ..config import TransActConfig
 from ..data import ItemTable
-from ..layers import CrossNetV2, ItemEncoder, MLPBlock, fuxictr_reset_linear
+from ..layers import CrossNetV2, ItemEncoder, MLPBlock, batch_unique, fuxictr_reset_linear
 from . import CTRModel, register_model
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class TransActDCN(CTRModel):
         target = batch["item_id"].long()
         seq = batch["item_seq"].long()
         n, length = seq.shape
-        unique_ids, index = torch.unique(torch.cat([target, seq.reshape(-1)]), return_inverse=True)
+        unique_ids, index = batch_unique(torch.cat([target, seq.reshape(-1)]), self.items.num_rows)
         table = self.items(unique_ids)
         target_emb = table[index[:n]]
         history = table[index[n:]].reshape(n, length, -1)

@@ -5,19 +5,20 @@ asked for. A catalog is immutable and picklable, so it can go to DataLoader work
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import operator
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from .images import (ImageRecord, ImageSource, RarImageSource, RecordImageSource,
-                     open_image_source)
+from .images import ImageSource, RarImageSource, open_image_source
 from .layout import (DatasetError, find_layout, list_to_matrix, read_columns,
                      scalar_to_numpy)
 
@@ -29,13 +30,15 @@ FEATURE_COLUMNS = {"item_id": "int", "item_title": "str", "item_tags": "int_list
 _RECORD_KEYS = {"item_id", "title", "tags", "image", "likes_level", "views_level"}
 _FINGERPRINT_VERSION = b"mmembed-catalog-v1"
 
+ImageRecord = Union[str, os.PathLike, Image.Image, None]
+
 
 def _check_ids(item_ids: np.ndarray, where: str) -> None:
     bad = np.flatnonzero(item_ids <= 0)
     if len(bad):
         raise DatasetError(f"{where}: row {int(bad[0])}: item_id {int(item_ids[bad[0]])} is "
                            f"not valid; item ids are positive (0 is the padding item)")
-    uniq, first, counts = np.unique(item_ids, return_index=True, return_counts=True)
+    uniq, counts = np.unique(item_ids, return_counts=True)
     if len(uniq) != len(item_ids):
         dup = int(uniq[counts > 1][0])
         rows = np.flatnonzero(item_ids == dup)[:2]
@@ -49,6 +52,63 @@ def _integer(record: Mapping[str, Any], key: str, row: int) -> int:
     except TypeError as err:
         raise TypeError(f"record {row}: {key!r} must be an integer, "
                         f"got {type(record[key]).__name__}") from err
+
+
+class RecordImageSource(ImageSource):
+    """Per-item images given in memory: a path, a PIL image or None, keyed by item id."""
+
+    kind = "records"
+
+    def __init__(self, images: dict[int, ImageRecord]):
+        self.images = {}
+        for item_id, image in images.items():
+            if image is not None and not isinstance(image, (str, os.PathLike, Image.Image)):
+                raise TypeError(f"item {item_id}: 'image' must be a path (str or Path), a "
+                                f"PIL.Image.Image or None, got {type(image).__name__}")
+            self.images[int(item_id)] = Path(image) if isinstance(image, (str, os.PathLike)) \
+                else image
+
+    def read(self, item_id: int) -> bytes | None:
+        image = self.images.get(int(item_id))
+        if isinstance(image, Image.Image):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            return buffer.getvalue()
+        if image is None:
+            return None
+        try:
+            data = image.read_bytes()
+        except OSError as err:
+            logger.debug("%s: no image: %s", image, err)
+            return None
+        return data or None
+
+    def load(self, item_id: int) -> Image.Image | None:
+        image = self.images.get(int(item_id))
+        if isinstance(image, Image.Image):
+            return image.convert("RGB")
+        return super().load(item_id)
+
+    def sizes(self, item_ids: np.ndarray) -> np.ndarray:
+        out = np.full(len(item_ids), -1, np.int64)
+        for k, item_id in enumerate(item_ids):
+            image = self.images.get(int(item_id))
+            if isinstance(image, Image.Image):
+                out[k] = image.width * image.height * len(image.getbands())
+            elif image is not None:
+                with contextlib.suppress(OSError):
+                    out[k] = image.stat().st_size
+        return out
+
+    def identity(self, item_ids: np.ndarray) -> bytes:
+        digest = hashlib.sha256(super().identity(item_ids))
+        for item_id in item_ids:
+            image = self.images.get(int(item_id))
+            if isinstance(image, Image.Image):  # in-memory pixels: hash them (small inputs)
+                digest.update(image.mode.encode() + repr(image.size).encode() + image.tobytes())
+            elif image is not None:
+                digest.update(image.name.encode())
+        return digest.digest()
 
 
 class ItemCatalog:

@@ -1,4 +1,4 @@
-"""Cover-image sources: a folder of ``{item_id}.jpg``, a zip, a RAR archive, or records.
+"""Cover-image sources: a folder of ``{item_id}.jpg``, a zip or a RAR archive.
 
 Every source maps an item id to the image's bytes (``None`` when absent or empty) and
 gives a cheap identity (names and sizes, never the pixels) for catalog fingerprints.
@@ -13,7 +13,6 @@ by ``rarfile`` itself; compressed ones need the ``unar`` tool.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -23,7 +22,7 @@ import shutil
 import threading
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Union
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -38,9 +37,6 @@ _ITEM_FILE = re.compile(r"^(\d+)\.jpg$")
 UNAR_HINT = ("reading compressed RAR members needs the `unar` tool "
              "(Debian/Ubuntu: apt-get install unar; macOS: brew install unar), "
              "or unpack the archive into an item_images/ folder beside it")
-
-ImageRecord = Union[str, os.PathLike, Image.Image, None]
-
 
 def decode_image(data: bytes | None, what: str) -> Image.Image | None:
     """Decode ``data`` into an RGB image; None (logged at debug) when it is not an image."""
@@ -307,6 +303,11 @@ class RarImageSource(FolderImageSource):
         """Extract the archive unless the cache already holds this exact archive."""
         if self._ready:
             return
+        try:
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"{self.folder.parent}: cannot create the image cache ({err}); pass "
+                          f"cache_dir= to ItemCatalog.from_dir to put it elsewhere") from err
         with _exclusive_lock(self.folder.parent / f"{IMAGE_DIRNAME}.lock"):
             if not self.is_extracted():
                 self._extract()
@@ -331,13 +332,13 @@ class RarImageSource(FolderImageSource):
                     dest = tmp / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     try:
-                        with archive.open(name) as src, open(dest, "wb") as out:
-                            shutil.copyfileobj(src, out, 1 << 20)
+                        data = archive.read(name)
                     except rarfile.RarCannotExec as err:
                         raise DatasetError(f"{self.path}: member {name!r}: {UNAR_HINT}") from err
                     except (rarfile.Error, OSError, EOFError) as err:
                         raise DatasetError(f"{self.path}: member {name!r} is corrupt "
                                            f"(archive damaged?): {err}") from err
+                    dest.write_bytes(data)  # write errors (disk full...) propagate as they are
             marker = {**self._stamp(), "members": len(self._plan),
                       "items": [[i, size, crc] for i, (size, crc) in self.members.items()]}
             with atomic_path(tmp / MARKER_NAME) as marker_tmp:
@@ -361,63 +362,6 @@ class RarImageSource(FolderImageSource):
 
     def describe(self) -> str:
         return str(self.path)
-
-
-class RecordImageSource(ImageSource):
-    """Per-item images given in memory: a path, a PIL image or None, keyed by item id."""
-
-    kind = "records"
-
-    def __init__(self, images: dict[int, ImageRecord]):
-        self.images = {}
-        for item_id, image in images.items():
-            if image is not None and not isinstance(image, (str, os.PathLike, Image.Image)):
-                raise TypeError(f"item {item_id}: 'image' must be a path (str or Path), a "
-                                f"PIL.Image.Image or None, got {type(image).__name__}")
-            self.images[int(item_id)] = Path(image) if isinstance(image, (str, os.PathLike)) \
-                else image
-
-    def read(self, item_id: int) -> bytes | None:
-        image = self.images.get(int(item_id))
-        if isinstance(image, Image.Image):
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return buffer.getvalue()
-        if image is None:
-            return None
-        try:
-            data = image.read_bytes()
-        except OSError as err:
-            logger.debug("%s: no image: %s", image, err)
-            return None
-        return data or None
-
-    def load(self, item_id: int) -> Image.Image | None:
-        image = self.images.get(int(item_id))
-        if isinstance(image, Image.Image):
-            return image.convert("RGB")
-        return super().load(item_id)
-
-    def sizes(self, item_ids: np.ndarray) -> np.ndarray:
-        out = np.full(len(item_ids), -1, np.int64)
-        for k, item_id in enumerate(item_ids):
-            image = self.images.get(int(item_id))
-            if isinstance(image, Image.Image):
-                out[k] = image.width * image.height * len(image.getbands())
-            elif image is not None:
-                with contextlib.suppress(OSError):
-                    out[k] = image.stat().st_size
-        return out
-
-    def identity(self, item_ids: np.ndarray) -> bytes:
-        digest = hashlib.sha256(super().identity(item_ids))
-        for item_id in item_ids:
-            image = self.images.get(int(item_id))
-            if isinstance(image, Image.Image):  # in-memory pixels: hash them (small inputs)
-                digest.update(image.mode.encode() + repr(image.size).encode() + image.tobytes())
-            elif image is not None:
-                digest.update(image.name.encode())
-        return digest.digest()
 
 
 def open_image_source(path: str | os.PathLike, cache_dir: str | os.PathLike,

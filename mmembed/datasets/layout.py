@@ -116,6 +116,9 @@ def find_layout(data_dir: str | os.PathLike) -> DatasetLayout:
     layout.
     """
     data_dir = Path(data_dir).expanduser()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise MissingFileError(f"{data_dir}: not a directory; pass the dataset folder "
+                               f"({EXPECTED_LAYOUT})")
     if not data_dir.is_dir():
         raise MissingFileError(f"{data_dir}: data directory not found ({EXPECTED_LAYOUT})")
     data_dir = data_dir.resolve()

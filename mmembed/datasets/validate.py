@@ -16,7 +16,7 @@ import numpy as np
 
 from .images import ImageSource, open_image_source, verify_image
 from .layout import (EXPECTED_LAYOUT, SPLITS, DatasetError, DatasetLayout, MissingFileError,
-                     find_layout)
+                     find_layout, open_parquet)
 from .validate_rules import (Context, Findings, check_item_emb, check_item_feature,
                              check_item_info, check_split, check_user_sequences, item_count)
 
@@ -89,7 +89,7 @@ class ValidationReport:
         verdict = "OK" if self.ok else f"{len(self.problems)} problem(s)"
         lines = [f"Dataset check of {self.data_dir}: {verdict}"]
         for name, n in self.rows.items():
-            lines.append(f"  {name:<13} {'absent' if n is None else f'{n:,} rows'}")
+            lines.append(f"  {name:<13} {'absent or unreadable' if n is None else f'{n:,} rows'}")
         lines.append("  " + self.image_stats.format())
         lines += [f"  note: {note}" for note in self.notes]
         if self.problems:
@@ -149,6 +149,14 @@ def _image_problems(ctx: Context, layout: DatasetLayout, stats: ImageStats) -> N
                              f"{getattr(stats, kind + '_ids')} (require_images=True)")
 
 
+def _readable(path: Path) -> bool:
+    try:
+        open_parquet(path)  # reads the footer only
+    except DatasetError:
+        return False
+    return True
+
+
 def validate_dataset(data_dir: str | os.PathLike, require_images: bool = False,
                      max_examples: int = 5, tag_vocab: int = CHALLENGE_TAG_VOCAB,
                      check_images: bool = True, progress: bool = True) -> ValidationReport:
@@ -204,9 +212,9 @@ def validate_dataset(data_dir: str | os.PathLike, require_images: bool = False,
         result = check(layout.path(name))
         if name == "item_feature":
             result, feature_ids = result
-        rows[name] = result
+        rows[name] = result if _readable(layout.path(name)) else None
     for name in OPTIONAL_FILES:
-        if rows.get(name) is None:
+        if not layout.has(name):
             notes.append(f"{ctx.name(layout.path(name))} absent (optional)")
 
     if check_images:

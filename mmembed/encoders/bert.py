@@ -76,7 +76,16 @@ class BertEncoder(Encoder):
 
         logger.info("loading %s from %s", self.options["model"], self._weights.path)
         tokenizer = AutoTokenizer.from_pretrained(str(self._weights.path), local_files_only=True)
-        model = AutoModel.from_pretrained(str(self._weights.path), local_files_only=True)
+        model, loading = AutoModel.from_pretrained(
+            str(self._weights.path), local_files_only=True, output_loading_info=True,
+        )
+        # The pooler head is never used here; anything else missing means random weights.
+        missing = [k for k in loading.get("missing_keys") or [] if not k.startswith("pooler.")]
+        if missing:
+            raise ValueError(
+                f"bert model {self.options['model']!r} at {self._weights.path}: {len(missing)} weights "
+                f"missing from the checkpoint (first: {missing[:3]}); refusing to run half-random"
+            )
         model.to(self.device).eval()
         return tokenizer, model
 

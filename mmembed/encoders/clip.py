@@ -91,6 +91,12 @@ class ClipEncoder(Encoder):
             if not config_file.is_file():
                 raise ValueError(f"clip model {model!r}: {config_file} is missing; expected an open_clip model folder")
             self._model_cfg = json.loads(config_file.read_text())["model_cfg"]
+            if not any(any(weights.path.glob(f"*{ext}")) for ext in (".safetensors", ".bin", ".pth")):
+                # open_clip would quietly build a random model from the config alone.
+                raise WeightsNotAvailable(
+                    f"clip model {model!r}: {weights.path} has open_clip_config.json but no checkpoint "
+                    f"(*.safetensors, *.bin or *.pth)"
+                )
             self._model_name = f"local-dir:{weights.path}"
             self._weights = weights
             if pretrained is not None:

@@ -122,6 +122,7 @@ def render_all(params: np.ndarray, seed: int, size: int, workers: int,
         for job, blobs in zip(jobs, results):
             yield from zip(job[1].tolist(), blobs)
         return
+    logger.debug("rendering %d covers with %d worker processes", n, workers)
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
                                       else "spawn")
     with ctx.Pool(workers) as pool:
