@@ -26,8 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def build_catalog(n_items: int, data_dir: Path | None, workdir: Path):
     """(ItemCatalog, cover paths) of n_items records cycling over a dataset's items."""
@@ -87,7 +85,7 @@ def bench_sbert(catalog, batch_size: int, repeats: int, workdir: Path) -> tuple[
 
 
 def bench_clip(catalog, paths: list[str], batch_size: int, repeats: int, workdir: Path,
-               pretrained: str | None) -> tuple[float, float]:
+               pretrained: str | None, num_workers: int | None) -> tuple[float, float]:
     import torch
     from PIL import Image
 
@@ -101,7 +99,7 @@ def bench_clip(catalog, paths: list[str], batch_size: int, repeats: int, workdir
 
     def ours():
         encode_cached(encoder, catalog, cache_dir=workdir / f"clip-{next(runs)}",
-                      batch_size=batch_size, progress=False)
+                      batch_size=batch_size, progress=False, num_workers=num_workers)
 
     def direct():
         with torch.inference_mode():
@@ -129,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--clip-pretrained", default=None, help="open_clip tag (default: random init)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="clip cover-decoding DataLoader workers (default: the encoder's, min(4, CPUs - 1))")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             report("sbert (MiniLM-L6)", args.items, *bench_sbert(catalog, args.batch_size, args.repeats, workdir))
         if args.only in (None, "clip"):
             label = f"clip ViT-B-32 image ({args.clip_pretrained or 'random init'})"
-            report(label, args.items, *bench_clip(catalog, paths, args.batch_size, args.repeats, workdir, args.clip_pretrained))
+            report(label, args.items, *bench_clip(catalog, paths, args.batch_size, args.repeats, workdir,
+                                                  args.clip_pretrained, args.num_workers))
     return 0
 
 

@@ -72,6 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="run folder (default ctr_eval_runs/<model>-<hash>-<data>); resumed if present")
     train.add_argument("--device", choices=["cpu", "cuda"], default=None)
     train.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    train.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads per process (default: cores / processes)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--json", action="store_true", help="print the full result as JSON")
 
@@ -127,7 +129,8 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or default_run_dir(args.model, config_hash(cfg), args.data, args.item_info)
     result = evaluate(args.data, item_info=args.item_info, model=args.model, task1=args.task1,
                       run_dir=run_dir, max_epochs=args.max_epochs, device=args.device,
-                      mixed_precision=args.mixed_precision, progress=not args.no_progress, **overrides)
+                      mixed_precision=args.mixed_precision, progress=not args.no_progress,
+                      num_threads=args.threads, **overrides)
     if _is_main_process():
         print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0

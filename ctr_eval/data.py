@@ -189,14 +189,10 @@ def _read_item_info(path: Path, need_tags: bool) -> tuple[Optional[np.ndarray], 
         if tags.shape[0] and np.any(tags[0] != 0):
             raise ValueError(f"{path}: column item_tags, row 0 (padding item) must be all zeros")
     if "item_emb_d128" in names:
-        col = table.column("item_emb_d128")
-        first_len = None
-        if len(col):
-            first_len = int(pa.compute.list_value_length(col.chunk(0) if col.num_chunks else col)[0].as_py())
-        if first_len is not None and first_len != EMBEDDING_DIM:
-            raise ValueError(f"{path}: column item_emb_d128 has width {first_len}; expected "
-                             f"{EMBEDDING_DIM}")
-        emb = _list_column_to_numpy(col, EMBEDDING_DIM, np.float32, f"{path}: column item_emb_d128")
+        where = f"{path}: column item_emb_d128"
+        emb = _list_column_to_numpy(table.column("item_emb_d128"), None, np.float32, where)
+        if emb.shape[0] and emb.shape[1] != EMBEDDING_DIM:
+            raise ValueError(f"{where} has width {emb.shape[1]}; expected {EMBEDDING_DIM}")
     return tags, emb
 
 

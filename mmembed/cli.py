@@ -34,7 +34,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from mmembed.datasets import validate_dataset
 
-    report = validate_dataset(args.data_dir, require_images=args.require_images)
+    report = validate_dataset(args.data_dir, require_images=args.require_images,
+                              progress=not args.quiet)
     print(report.format())
     return 0 if report.ok else 1
 

@@ -109,8 +109,12 @@ def test_killed_run_resumes_to_the_same_result(tiny_root, tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_processes_match_one(tiny_root, tmp_path):
-    args = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--max-epochs", "3", "--no-progress",
-            "--device", "cpu"]
+    # Without dropout and batch norm, P processes compute the same global-batch gradient as
+    # one (each scales its summed loss by P / global batch rows): only float summation
+    # order differs, so the runs must agree closely.
+    args = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--set", "net_dropout=0",
+            "--set", "attention_dropout=0", "--set", "batch_norm=false", "--max-epochs", "3",
+            "--no-progress", "--device", "cpu"]
     subprocess.run(_cli(*args, "--run-dir", str(tmp_path / "one")), check=True, capture_output=True)
     # torchrun (what `accelerate launch --multi_gpu` runs too); see ctr_eval.cli's docstring
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -120,9 +124,7 @@ def test_two_cpu_processes_match_one(tiny_root, tmp_path):
     a = json.loads((tmp_path / "one" / RESULT_FILE).read_text())
     b = json.loads((tmp_path / "two" / RESULT_FILE).read_text())
     assert (a["num_processes"], b["num_processes"]) == (1, 2)
-    assert b["history"][0]["train_samples"] == a["history"][0]["train_samples"]
-    # same global batches and loss scale: the first epoch's mean train loss nearly agrees
-    # (dropout masks and per-process batch-norm statistics differ)
-    assert b["history"][0]["train_bce"] == pytest.approx(a["history"][0]["train_bce"], abs=5e-3)
-    # AUC on the 500 tiny valid rows is noisy; the 0.002 check is on the small set (report)
-    assert abs(a["valid_auc"] - b["valid_auc"]) < 0.05, (a["valid_auc"], b["valid_auc"])
+    assert [h["train_samples"] for h in b["history"]] == [h["train_samples"] for h in a["history"]]
+    for h1, h2 in zip(a["history"], b["history"]):
+        assert h2["train_bce"] == pytest.approx(h1["train_bce"], abs=1e-4)
+        assert h2["valid_auc"] == pytest.approx(h1["valid_auc"], abs=2e-3)

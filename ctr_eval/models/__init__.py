@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import CONFIG_CLASSES, DINConfig, TransActConfig, parse_regularizer
 from ..data import ItemTable
-from ..layers import norm_penalty
+from ..layers import ItemEncoder, batch_unique, fuxictr_reset_linear, norm_penalty
 
 __all__ = ["build_model", "list_models", "register_model", "ctr_loss", "CTRModel"]
 
@@ -56,20 +56,59 @@ def ctr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class CTRModel(nn.Module):
-    """Shared behaviour: predict, loss, regularization with FuxiCTR's parameter split."""
+    """Shared parts: the item encoder and level embeddings both models build the same
+    way (FuxiCTR's FeatureEmbeddingDict over the challenge's features), FuxiCTR's init,
+    its regularization split, predict and loss."""
 
     config: DINConfig | TransActConfig
+
+    def _build_embeddings(self, config, item_table: ItemTable) -> None:
+        if item_table.emb.shape[1] != config.pretrained_dim:
+            raise ValueError(f"item embeddings are {item_table.emb.shape[1]}-d; the model expects "
+                             f"{config.pretrained_dim}")
+        d = config.embedding_dim
+        self.items = ItemEncoder(item_table.tags, item_table.emb, d)
+        # likes/views level 0 hits padding_idx 0: a fixed zero vector, as in FuxiCTR
+        self.likes_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
+        self.views_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
+        # The item tables are inputs, not state: keep DDP from broadcasting them each step.
+        self._ddp_params_and_buffers_to_ignore = ["items.item_tags", "items.item_emb"]
+
+    def level_embeddings(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return [self.likes_embedding(batch["likes_level"].long()),
+                self.views_embedding(batch["views_level"].long())]
+
+    def reset_parameters(self) -> None:
+        """FuxiCTR ``BaseModel.reset_parameters``: xavier_normal_ on exact nn.Linear
+        modules, then ``FeatureEmbeddingDict.init_weights``: N(0, std) embedding rows 1..,
+        padding row 0 zero."""
+        fuxictr_reset_linear(self)
+        self.items.reset_embeddings(self.config.embedding_init_std)
+        with torch.no_grad():
+            for table in (self.likes_embedding, self.views_embedding):
+                nn.init.normal_(table.weight[1:], std=self.config.embedding_init_std)
+                table.weight[0].zero_()
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The parameters FuxiCTR counts as embeddings (those inside its
+        FeatureEmbeddingDict): every nn.Embedding plus the item_emb_d128 projection."""
+        return [self.items.id_embedding.weight, self.items.tag_embedding.weight,
+                self.items.emb_projection.weight, self.likes_embedding.weight,
+                self.views_embedding.weight]
+
+    def batch_items(self, target: torch.Tensor, seq: torch.Tensor):
+        """Item vectors once per distinct id in the batch: (table (U, item_dim), target
+        rows (B,), history rows (B, L)) indexing into the table."""
+        batch, length = seq.shape
+        unique_ids, index = batch_unique(torch.cat([target.reshape(-1), seq.reshape(-1)]),
+                                         self.items.num_rows)
+        return self.items(unique_ids), index[:batch], index[batch:].reshape(batch, length)
 
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.sigmoid(self(batch).float())
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return ctr_loss(logits, labels)
-
-    def embedding_parameters(self) -> list[nn.Parameter]:
-        """The parameters FuxiCTR counts as embeddings (those inside its
-        FeatureEmbeddingDict): every nn.Embedding plus the item_emb_d128 projection."""
-        raise NotImplementedError
 
     def regularization_loss(self) -> torch.Tensor:
         """FuxiCTR ``BaseModel.regularization_loss``: embedding_regularizer on the

@@ -23,12 +23,10 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import nn
 
 from ..config import DINConfig
 from ..data import ItemTable
-from ..layers import (ATTENTION_IMPLS, DINAttention, ItemEncoder, MLPBlock, batch_unique,
-                      fuxictr_reset_linear)
+from ..layers import ATTENTION_IMPLS, DINAttention, MLPBlock
 from . import CTRModel, register_model
 
 logger = logging.getLogger(__name__)
@@ -40,49 +38,27 @@ class DIN(CTRModel):
         super().__init__()
         if attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}")
-        if item_table.emb.shape[1] != config.pretrained_dim:
-            raise ValueError(f"item embeddings are {item_table.emb.shape[1]}-d; the DIN expects "
-                             f"{config.pretrained_dim}")
         self.config = config
         self.attention_impl = attention_impl
+        self._build_embeddings(config, item_table)
         d = config.embedding_dim
-        self.items = ItemEncoder(item_table.tags, item_table.emb, d)
-        self.likes_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
-        self.views_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
         item_dim = self.items.output_dim
         self.attention = DINAttention(item_dim, config.attention_hidden_units,
                                       dropout=config.attention_dropout,
                                       use_softmax=config.din_use_softmax)
         self.dnn = MLPBlock(2 * d + 2 * item_dim, config.dnn_hidden_units, output_dim=1,
                             dropout=config.net_dropout, batch_norm=config.batch_norm)
-        # The item tables are inputs, not state: keep DDP from broadcasting them each step.
-        self._ddp_params_and_buffers_to_ignore = ["items.item_tags", "items.item_emb"]
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        fuxictr_reset_linear(self)
-        self.items.reset_embeddings(self.config.embedding_init_std)
-        with torch.no_grad():
-            for table in (self.likes_embedding, self.views_embedding):
-                nn.init.normal_(table.weight[1:], std=self.config.embedding_init_std)
-                table.weight[0].zero_()
-
-    def embedding_parameters(self) -> list[nn.Parameter]:
-        return [self.items.id_embedding.weight, self.items.tag_embedding.weight,
-                self.items.emb_projection.weight, self.likes_embedding.weight,
-                self.views_embedding.weight]
 
     def item_representations(self, target: torch.Tensor, seq: torch.Tensor):
         """(table (U, 256), target rows (B,), history rows (B, L)) of the batch's items."""
+        if self.attention_impl != "plain":
+            return self.batch_items(target, seq)
+        # FuxiCTR's way, kept for the plain reference: one item vector per (sample, position)
         batch, length = seq.shape
         all_ids = torch.cat([target.reshape(-1), seq.reshape(-1)])
-        if self.attention_impl == "plain":  # FuxiCTR: one row per (sample, position)
-            table = self.items(all_ids)
-            index = torch.arange(all_ids.numel(), device=all_ids.device)
-        else:
-            unique_ids, index = batch_unique(all_ids, self.items.num_rows)
-            table = self.items(unique_ids)
-        return table, index[:batch], index[batch:].reshape(batch, length)
+        index = torch.arange(all_ids.numel(), device=all_ids.device)
+        return self.items(all_ids), index[:batch], index[batch:].reshape(batch, length)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["item_id"].long()
@@ -90,7 +66,5 @@ class DIN(CTRModel):
         table, target_rows, history_rows = self.item_representations(target, seq)
         target_emb = table.index_select(0, target_rows)
         pooled = self.attention(target_emb, table, history_rows, seq != 0, impl=self.attention_impl)
-        features = torch.cat([self.likes_embedding(batch["likes_level"].long()),
-                              self.views_embedding(batch["views_level"].long()),
-                              target_emb, pooled], dim=-1)
+        features = torch.cat([*self.level_embeddings(batch), target_emb, pooled], dim=-1)
         return self.dnn(features).squeeze(-1)

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..config import TransActConfig
 from ..data import ItemTable
-from ..layers import CrossNetV2, ItemEncoder, MLPBlock, batch_unique, fuxictr_reset_linear
+from ..layers import CrossNetV2, MLPBlock
 from . import CTRModel, register_model
 
 logger = logging.getLogger(__name__)
@@ -50,14 +50,9 @@ logger = logging.getLogger(__name__)
 class TransActDCN(CTRModel):
     def __init__(self, config: TransActConfig, item_table: ItemTable) -> None:
         super().__init__()
-        if item_table.emb.shape[1] != config.pretrained_dim:
-            raise ValueError(f"item embeddings are {item_table.emb.shape[1]}-d; the model expects "
-                             f"{config.pretrained_dim}")
         self.config = config
+        self._build_embeddings(config, item_table)
         d = config.embedding_dim
-        self.items = ItemEncoder(item_table.tags, item_table.emb, d)
-        self.likes_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
-        self.views_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
         item_dim = self.items.output_dim
         model_dim = 2 * item_dim
         if model_dim % config.num_heads:
@@ -75,21 +70,7 @@ class TransActDCN(CTRModel):
                                      batch_norm=config.batch_norm)
         self.head = MLPBlock(dcn_in + self.parallel_dnn.output_dim, config.mlp_hidden_units,
                              output_dim=1)
-        self._ddp_params_and_buffers_to_ignore = ["items.item_tags", "items.item_emb"]
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        fuxictr_reset_linear(self)
-        self.items.reset_embeddings(self.config.embedding_init_std)
-        with torch.no_grad():
-            for table in (self.likes_embedding, self.views_embedding):
-                nn.init.normal_(table.weight[1:], std=self.config.embedding_init_std)
-                table.weight[0].zero_()
-
-    def embedding_parameters(self) -> list[nn.Parameter]:
-        return [self.items.id_embedding.weight, self.items.tag_embedding.weight,
-                self.items.emb_projection.weight, self.likes_embedding.weight,
-                self.views_embedding.weight]
 
     def key_padding_mask(self, seq: torch.Tensor) -> torch.Tensor:
         """True where attention must ignore a position (see the module docstring)."""
@@ -120,14 +101,11 @@ class TransActDCN(CTRModel):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["item_id"].long()
         seq = batch["item_seq"].long()
-        n, length = seq.shape
-        unique_ids, index = batch_unique(torch.cat([target, seq.reshape(-1)]), self.items.num_rows)
-        table = self.items(unique_ids)
-        target_emb = table[index[:n]]
-        history = table[index[n:]].reshape(n, length, -1)
-        features = torch.cat([self.likes_embedding(batch["likes_level"].long()),
-                              self.views_embedding(batch["views_level"].long()),
-                              target_emb, self.sequence_features(target_emb, history, seq)], dim=-1)
+        table, target_rows, history_rows = self.batch_items(target, seq)
+        target_emb = table.index_select(0, target_rows)
+        history = table.index_select(0, history_rows.reshape(-1)).reshape(*history_rows.shape, -1)
+        features = torch.cat([*self.level_embeddings(batch), target_emb,
+                              self.sequence_features(target_emb, history, seq)], dim=-1)
         crossed = self.crossnet(features)
         deep = self.parallel_dnn(features)
         return self.head(torch.cat([crossed, deep], dim=-1)).squeeze(-1)

@@ -1,0 +1,49 @@
+"""The `mmembed` command from the shell, as a user runs it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmembed.cli", "-q", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_validate_good_directory_exits_zero(tiny_root):
+    result = run_cli("validate", str(tiny_root))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout.splitlines()[0]
+
+
+def test_validate_bad_directory_names_file_column_and_rows(tiny_copy):
+    path = tiny_copy / "MicroLens_1M_x1" / "valid.parquet"
+    table = pq.read_table(path)
+    labels = table.column("label").to_numpy().copy()
+    labels[[3, 5]] = 2
+    table = table.set_column(table.schema.get_field_index("label"), "label",
+                             pa.array(labels, type=pa.int64()))
+    pq.write_table(table, path)
+
+    result = run_cli("validate", str(tiny_copy))
+    assert result.returncode == 1
+    assert "valid.parquet" in result.stdout
+    assert "label" in result.stdout
+    assert "2 rows break this: row 3 (found 2), row 5 (found 2)" in result.stdout
+
+
+def test_validate_missing_directory_is_one_clear_line(tmp_path):
+    result = run_cli("validate", str(tmp_path / "nowhere"))
+    assert result.returncode in (1, 2)
+    assert "Traceback" not in result.stderr
+    assert "not found" in (result.stdout + result.stderr)
+
+
+def test_summary_reports_rows_of_each_split(tiny_root):
+    result = run_cli("summary", str(tiny_root))
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_metadata(tiny_root / "MicroLens_1M_x1" / "train.parquet").num_rows
+    assert f"{rows:,}" in result.stdout
