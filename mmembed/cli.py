@@ -22,7 +22,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     stats = generate(
         Path(args.out), scale=args.scale, seed=args.seed,
-        progress=not args.quiet, image_zip=args.zip,
+        progress=not args.quiet, image_zip=args.zip, overwrite=args.overwrite,
     )
     from mmembed.datasets import format_summary, summarize
 
@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="dataset root to write")
-    p.add_argument("--zip", action="store_true", help="also pack the covers as item_images.zip")
+    p.add_argument("--zip", action="store_true", help="pack the covers as item_images.zip")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the dataset if --out already holds files")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("validate", help="check a dataset against what the challenge's loader assumes")

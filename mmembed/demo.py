@@ -23,7 +23,7 @@ def _ensure_dataset(root: Path, scale: str, seed: int) -> None:
         return
     print(f"[1] generating synthetic MicroLens ({scale}, seed {seed}) into {root} ...")
     start = time.perf_counter()
-    generate(root, scale=scale, seed=seed, progress=True)
+    generate(root, scale=scale, seed=seed, progress=True, overwrite=True)
     marker.write_text(json.dumps(want))
     print(f"    done in {time.perf_counter() - start:.1f} s")
 
