@@ -184,6 +184,20 @@ def ctr_eval_worker(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- report
 
+def combine(runs: list[dict]) -> dict | None:
+    """One side's figures over repeats: scores of the first run, best throughput, max RSS."""
+    if not runs:
+        return None
+    out = dict(runs[0])
+    out["samples_per_s_runs"] = [r["train_samples_per_s"] for r in runs]
+    out["auc_runs"] = [r["valid_auc"] for r in runs]
+    out["train_samples_per_s"] = max(out["samples_per_s_runs"])
+    out["child_peak_rss_mb"] = max(r["child_peak_rss_mb"] for r in runs)
+    out["load_1min_before_after"] = [min(r["load_1min_before_after"][0] for r in runs),
+                                     max(r["load_1min_before_after"][1] for r in runs)]
+    return out
+
+
 def report(counts: dict, fx: dict | None, ce: dict | None, args: argparse.Namespace) -> dict:
     rows = [("", "FuxiCTR 2.3.10", "ctr_eval")]
 
@@ -193,10 +207,18 @@ def report(counts: dict, fx: dict | None, ce: dict | None, args: argparse.Namesp
     rows.append(("valid AUC", cell(fx, "valid_auc", ".4f"), cell(ce, "valid_auc", ".4f")))
     rows.append(("valid logloss", cell(fx, "valid_logloss", ".4f"), cell(ce, "valid_logloss", ".4f")))
     rows.append(("epochs", cell(fx, "epochs", "d"), cell(ce, "epochs", "d")))
-    rows.append(("train samples/s", cell(fx, "train_samples_per_s", ".0f"),
+    rows.append((f"train samples/s (best of {args.repeats})", cell(fx, "train_samples_per_s", ".0f"),
                  cell(ce, "train_samples_per_s", ".0f")))
     rows.append(("peak RSS (MB)", cell(fx, "child_peak_rss_mb", ".0f"), cell(ce, "child_peak_rss_mb", ".0f")))
     rows.append(("child wall (s)", cell(fx, "child_wall_s", ".0f"), cell(ce, "child_wall_s", ".0f")))
+
+    def runs(res: dict | None, key: str, fmt: str) -> str:
+        return "-" if res is None else " ".join(format(v, fmt) for v in res[key])
+
+    if args.repeats > 1:
+        rows.append(("samples/s of each run", runs(fx, "samples_per_s_runs", ".0f"),
+                     runs(ce, "samples_per_s_runs", ".0f")))
+        rows.append(("AUC of each run", runs(fx, "auc_runs", ".4f"), runs(ce, "auc_runs", ".4f")))
 
     def load(res: dict | None) -> str:
         return "-" if res is None else "{:.1f} -> {:.1f}".format(*res["load_1min_before_after"])
@@ -254,13 +276,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fuxictr-venv", default=str(DEFAULT_VENV))
     p.add_argument("--collate", choices=["pandas", "numpy"], default="pandas",
                    help="FuxiCTR side's per-batch item lookup (pandas = the baseline's way)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run each side N times, alternating; samples/s = best run")
     p.add_argument("--skip-fuxictr", action="store_true")
     p.add_argument("--skip-ctr-eval", action="store_true")
     p.add_argument("--json-out", default=None, help="also write the figures to this JSON file")
     p.add_argument("--worker-root", default=None, help=argparse.SUPPRESS)  # internal child mode
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.train_rows < 0 or args.valid_rows < 0:
-        p.error("--epochs and --batch-size must be >= 1, --train-rows/--valid-rows >= 0")
+    if min(args.epochs, args.batch_size, args.repeats) < 1 or min(args.train_rows, args.valid_rows) < 0:
+        p.error("--epochs, --batch-size and --repeats must be >= 1, --train-rows/--valid-rows >= 0")
     return args
 
 
@@ -281,16 +305,22 @@ def main(argv: list[str] | None = None) -> int:
               "--learning-rate", repr(args.learning_rate),
               "--embedding-regularizer", repr(args.embedding_regularizer),
               "--net-regularizer", repr(args.net_regularizer), "--net-dropout", repr(args.net_dropout)]
-    fx = ce = None
-    if not args.skip_fuxictr:
-        python = ensure_fuxictr_venv(Path(args.fuxictr_venv))
-        with tempfile.TemporaryDirectory(prefix="fuxictr_work_") as work:
-            fx = run_child([str(python), str(RUNNER), "--data-dir", str(bench_root), "--work-dir", work,
-                            "--seed", str(args.seed), "--collate", args.collate, *common],
-                           "FuxiCTR", logs / "fuxictr.log")
-    if not args.skip_ctr_eval:
-        ce = run_child([sys.executable, str(Path(__file__).resolve()), "--worker-root", str(bench_root),
-                        *common], "ctr_eval", logs / "ctr_eval.log")
+    fx_runs: list[dict] = []
+    ce_runs: list[dict] = []
+    python = None if args.skip_fuxictr else ensure_fuxictr_venv(Path(args.fuxictr_venv))
+    # Alternate the two sides so that a change in machine load hits both alike.
+    for repeat in range(args.repeats):
+        if python is not None:
+            with tempfile.TemporaryDirectory(prefix="fuxictr_work_") as work:
+                fx_runs.append(run_child(
+                    [str(python), str(RUNNER), "--data-dir", str(bench_root), "--work-dir", work,
+                     "--seed", str(args.seed), "--collate", args.collate, *common],
+                    f"FuxiCTR run {repeat + 1}", logs / f"fuxictr_{repeat + 1}.log"))
+        if not args.skip_ctr_eval:
+            ce_runs.append(run_child(
+                [sys.executable, str(Path(__file__).resolve()), "--worker-root", str(bench_root), *common],
+                f"ctr_eval run {repeat + 1}", logs / f"ctr_eval_{repeat + 1}.log"))
+    fx, ce = combine(fx_runs), combine(ce_runs)
     summary = report(counts, fx, ce, args)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(summary, indent=2, default=str))

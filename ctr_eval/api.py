@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from ctr_eval import _io
+from ctr_eval._runtime import RunOptions, make_accelerator, predict_probs, wants_cpu
 from ctr_eval.config import config_hash, config_to_dict, resolve_config
 from ctr_eval.data import ItemTable, check_ids, load_item_table, load_split
 from ctr_eval.models import build_model
 from ctr_eval.submission import check_task, write_submission
-from ctr_eval.train import (BEST_CHECKPOINT, ITEM_TABLE_FILE, RUN_FILE, RunOptions, Trainer,
-                            make_accelerator, predict_probs, table_fingerprint)
+from ctr_eval.train import BEST_CHECKPOINT, ITEM_TABLE_FILE, RUN_FILE, Trainer, table_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -85,19 +85,19 @@ def evaluate(
             raise ValueError(f"{data_dir}: the {name} split has no label column; training needs labels")
         check_ids(split, table, num_levels=cfg.num_levels)
     if run_dir is None:
-        run_dir = _shared_temp_dir(f"ctr_eval_{model}_")
+        run_dir = _shared_temp_dir(f"ctr_eval_{model}_", options)
     meta = {"task1": task1, "embedding_source": source, "data_dir": str(Path(data_dir).resolve())}
     trainer = Trainer(model, cfg, config_hash(cfg), table, _factory(model), train, valid,
                       run_dir, options, meta)
     return trainer.fit()
 
 
-def _shared_temp_dir(prefix: str) -> str:
+def _shared_temp_dir(prefix: str, options: RunOptions) -> str:
     """A fresh temporary folder, the same one on every process of a multi-process run."""
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    state = PartialState()
+    state = PartialState(cpu=wants_cpu(options))  # the same process group the run will use
     holder = [tempfile.mkdtemp(prefix=prefix) if state.is_main_process else None]
     if state.num_processes > 1:
         broadcast_object_list(holder, from_process=0)

@@ -87,6 +87,9 @@ def _build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("models", help="list the registered models")
+    for command in (train, pred):  # -q also after the command name
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="log warnings only")
     return parser
 
 

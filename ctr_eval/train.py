@@ -20,9 +20,9 @@ shuffle (seeded by config seed and epoch), cut into global batches of ``batch_si
 r takes the r-th contiguous slice of each global batch, so each process sees
 ``batch_size / P`` rows per step. Each process scales its summed BCE by ``P / m`` (m = rows
 in the global batch), so DDP's gradient average equals the one-process batch mean exactly.
-Batch-norm statistics stay per process (as with plain DDP); rank 0's running statistics are
-broadcast before each evaluation. Evaluation splits rows contiguously across processes and
-gathers the scores back into row order.
+Batch norm uses the global batch's statistics (SyncBatchNorm on GPUs, an all-reduce batch
+norm on CPU), so the model is the one-process model; only dropout masks differ. Evaluation
+splits rows contiguously across processes and gathers the scores back into row order.
 
 Determinism: the shuffle and every process's torch/numpy/python RNGs are re-seeded from
 (seed, epoch, rank) at the start of each epoch, so a run resumed from an epoch checkpoint
@@ -43,10 +43,12 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_seed
+from accelerate.utils import send_to_device, set_seed
 from tqdm.auto import tqdm
 
 from ctr_eval import _io
+from ctr_eval._runtime import (RunOptions, global_batch_norm, global_batches, make_accelerator,
+                               predict_probs, prepare, process_slice)
 from ctr_eval.config import config_to_dict
 from ctr_eval.metrics import auc as exact_auc
 from ctr_eval.metrics import logloss as clipped_logloss
@@ -58,33 +60,6 @@ RESULT_FILE = "result.json"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "model_best.pt"
 ITEM_TABLE_FILE = "item_table.pt"
-
-MIXED_PRECISION = ("no", "bf16", "fp16")
-DEVICES = (None, "cpu", "cuda")
-
-
-@dataclass
-class RunOptions:
-    """Run controls that do not change what a result means (the epoch cap is recorded)."""
-
-    max_epochs: int | None = None  # cap on top of config.epochs (e.g. for a demo)
-    device: str | None = None  # None: Accelerate's choice; "cpu"; "cuda"
-    mixed_precision: str = "no"  # "no", "bf16", "fp16" (GPU only)
-    progress: bool = True  # tqdm bar per epoch on the main process
-    eval_batch_size: int | None = None  # default max(batch_size, 4096): no effect on scores
-    num_threads: int | None = None  # torch CPU threads; default cores / processes
-
-    def check(self) -> None:
-        if self.max_epochs is not None and (not isinstance(self.max_epochs, int) or self.max_epochs < 1):
-            raise ValueError(f"max_epochs must be a positive integer or None, got {self.max_epochs!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
 
 
 @dataclass
@@ -120,49 +95,6 @@ def early_stop_step(state: TrainState, record: dict[str, Any], config: Any) -> b
     return improved
 
 
-def pin_mkl_threads() -> bool:
-    """Stop MKL from changing its thread count at run time (MKL_DYNAMIC=FALSE).
-
-    With dynamic threading on (MKL's default) a loaded machine can make a matrix product
-    run on fewer threads, which changes the float summation order and so the last bits of
-    the result: two identical CPU runs then drift apart. Intel's reproducibility notes
-    ask for dynamic threading off; torch links MKL statically but exports its
-    C function ``MKL_Set_Dynamic``. Returns whether the call was made.
-    """
-    if not torch.backends.mkl.is_available():
-        return False
-    import ctypes
-
-    lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
-    try:
-        ctypes.CDLL(str(lib)).MKL_Set_Dynamic(ctypes.c_int(0))  # the C API (by value)
-    except (OSError, AttributeError):  # another platform or build: nothing to pin
-        logger.debug("mkl_set_dynamic not found in %s", lib)
-        return False
-    return True
-
-
-def make_accelerator(options: RunOptions) -> Accelerator:
-    """One Accelerator for a run; on CPU, torch threads = cores / processes."""
-    options.check()
-    # broadcast_buffers=False: DDP would otherwise re-send every buffer (the item table
-    # included) at each forward; batch-norm statistics are synchronised before evaluation.
-    # Accelerate only forms a multi-process CPU group (gloo) when told cpu=True, so a
-    # machine without a GPU asks for it explicitly (else torchrun's processes would each
-    # train alone).
-    no_gpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    cpu = options.device == "cpu" or (options.device is None and no_gpu)
-    acc = Accelerator(cpu=cpu, mixed_precision=options.mixed_precision,
-                      kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-    if acc.device.type == "cpu":
-        if options.mixed_precision != "no":
-            raise ValueError("mixed precision (bf16/fp16) is for GPU runs; use mixed_precision='no' on CPU")
-        threads = options.num_threads or max(1, (os.cpu_count() or 1) // acc.num_processes)
-        torch.set_num_threads(threads)
-        pin_mkl_threads()
-    return acc
-
-
 def table_fingerprint(tags: torch.Tensor, emb: torch.Tensor) -> str:
     """sha256 (16 hex) of the item table's bytes: ties a run dir to the embedding it used."""
     import hashlib
@@ -171,27 +103,6 @@ def table_fingerprint(tags: torch.Tensor, emb: torch.Tensor) -> str:
     h.update(np.ascontiguousarray(tags.cpu().numpy().astype(np.int64)).tobytes())
     h.update(np.ascontiguousarray(emb.cpu().numpy().astype(np.float32)).tobytes())
     return h.hexdigest()[:16]
-
-
-def global_batches(n: int, batch_size: int, seed: int, epoch: int, num_processes: int,
-                   shuffle: bool = True) -> list[np.ndarray]:
-    """The epoch's global batches (same on every process), shuffled from (seed, epoch).
-
-    A last batch too small to give every process 2 rows (batch norm needs 2) joins the one
-    before it; this only touches a tail of fewer than 2 * num_processes rows.
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    cuts = list(range(0, n, batch_size)) + [n]
-    batches = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
-    if len(batches) > 1 and len(batches[-1]) < 2 * num_processes:
-        tail = batches.pop()
-        batches[-1] = np.concatenate([batches[-1], tail])
-    return batches
-
-
-def process_slice(batch: np.ndarray, rank: int, num_processes: int) -> np.ndarray:
-    m = len(batch)
-    return batch[rank * m // num_processes : (rank + 1) * m // num_processes]
 
 
 class Trainer:
@@ -277,9 +188,9 @@ class Trainer:
                     acc.num_processes, acc.device, self.options.mixed_precision)
 
         set_seed(cfg.seed)
-        model = self.model_factory(cfg, self.item_table)
+        model = global_batch_norm(self.model_factory(cfg, self.item_table), acc)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-        model, optimizer = acc.prepare(model, optimizer)
+        model, optimizer = prepare(acc, model, optimizer)
         core = acc.unwrap_model(model)
         state = TrainState()
         if resume is not None:
@@ -420,36 +331,6 @@ class Trainer:
             "versions": {"torch": torch.__version__, "accelerate": _accelerate_version()},
             **self.meta,
         }
-
-
-def predict_probs(acc: Accelerator, core: Any, split: Any, batch_size: int, progress: bool = False) -> np.ndarray:
-    """Sigmoid scores of ``core`` on ``split``: rows split contiguously across processes,
-    gathered back in row order (what ``gather_for_metrics`` does for a prepared loader)."""
-    n, p, rank = len(split), acc.num_processes, acc.process_index
-    if p > 1:  # the same batch-norm running statistics on every process (rank 0's)
-        for module in core.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                for buf in module.buffers():
-                    torch.distributed.broadcast(buf.data, src=0)
-    chunk = -(-n // p)
-    start, stop = min(rank * chunk, n), min((rank + 1) * chunk, n)
-    core.eval()
-    parts = []
-    with torch.no_grad():
-        steps = range(start, stop, batch_size)
-        for a in tqdm(steps, desc="predict", unit="batch", leave=False,
-                      disable=not (progress and acc.is_main_process)):
-            rows = torch.arange(a, min(a + batch_size, stop))
-            batch = send_to_device(split.batch(rows), acc.device)
-            parts.append(torch.sigmoid(core(batch).float()))
-    local = torch.cat(parts) if parts else torch.zeros(0, device=acc.device)
-    if p == 1:
-        return local.cpu().numpy()
-    padded = acc.pad_across_processes(local, dim=0)
-    width = padded.shape[0]
-    gathered = acc.gather(padded).cpu()
-    pieces = [gathered[q * width : q * width + max(0, min(chunk, n - q * chunk))] for q in range(p)]
-    return torch.cat(pieces).numpy()
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

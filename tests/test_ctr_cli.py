@@ -109,11 +109,11 @@ def test_killed_run_resumes_to_the_same_result(tiny_root, tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_processes_match_one(tiny_root, tmp_path):
-    # Without dropout and batch norm, P processes compute the same global-batch gradient as
-    # one (each scales its summed loss by P / global batch rows): only float summation
-    # order differs, so the runs must agree closely.
+    # Without dropout, P processes compute the same global-batch gradient as one (each
+    # scales its summed loss by P / global batch rows; batch norm uses global statistics):
+    # only float summation order differs, so the runs must agree closely.
     args = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--set", "net_dropout=0",
-            "--set", "attention_dropout=0", "--set", "batch_norm=false", "--max-epochs", "3",
+            "--set", "attention_dropout=0", "--max-epochs", "3",
             "--no-progress", "--device", "cpu"]
     subprocess.run(_cli(*args, "--run-dir", str(tmp_path / "one")), check=True, capture_output=True)
     # torchrun (what `accelerate launch --multi_gpu` runs too); see ctr_eval.cli's docstring

@@ -1,0 +1,234 @@
+"""Devices, processes and batching for the trainer and for prediction.
+
+One Accelerator per run; the epoch's global batches and each process's share of them;
+sharded scoring gathered back into row order.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, send_to_device
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DEVICES = (None, "cpu", "cuda")
+
+
+@dataclass
+class RunOptions:
+    """Run controls that do not change what a result means (the epoch cap is recorded)."""
+
+    max_epochs: int | None = None  # cap on top of config.epochs (e.g. for a demo)
+    device: str | None = None  # None: Accelerate's choice; "cpu"; "cuda"
+    mixed_precision: str = "no"  # "no", "bf16", "fp16" (GPU only)
+    progress: bool = True  # tqdm bar per epoch on the main process
+    eval_batch_size: int | None = None  # default max(batch_size, 4096): no effect on scores
+    num_threads: int | None = None  # torch CPU threads; default cores / processes
+
+    def check(self) -> None:
+        if self.max_epochs is not None and (not isinstance(self.max_epochs, int) or self.max_epochs < 1):
+            raise ValueError(f"max_epochs must be a positive integer or None, got {self.max_epochs!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+
+
+def pin_mkl_threads() -> bool:
+    """Stop MKL from changing its thread count at run time (MKL_DYNAMIC=FALSE).
+
+    With dynamic threading on (MKL's default) a loaded machine can make a matrix product
+    run on fewer threads, which changes the float summation order and so the last bits of
+    the result: two identical CPU runs then drift apart. Intel's reproducibility notes
+    ask for dynamic threading off; torch links MKL statically but exports its
+    C function ``MKL_Set_Dynamic``. Returns whether the call was made.
+    """
+    if not torch.backends.mkl.is_available():
+        return False
+    import ctypes
+
+    lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        ctypes.CDLL(str(lib)).MKL_Set_Dynamic(ctypes.c_int(0))  # the C API (by value)
+    except (OSError, AttributeError):  # another platform or build: nothing to pin
+        logger.debug("MKL_Set_Dynamic not found in %s", lib)
+        return False
+    return True
+
+
+def prepare(acc: Accelerator, *objects: Any) -> Any:
+    """``acc.prepare`` with DDP told not to re-send every buffer at each forward.
+
+    The model's buffers include the whole item table; batch norm keeps the processes'
+    running statistics equal by itself (see :func:`global_batch_norm`) and rank 0's are
+    broadcast again before evaluation. torch 2.14 deprecates ``broadcast_buffers`` in
+    favour of ``forward_sync_buffers``, which Accelerate's DDP options do not offer yet,
+    so that one deprecation notice is silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.* is deprecated", category=FutureWarning)
+        return acc.prepare(*objects)
+
+
+def wants_cpu(options: RunOptions) -> bool:
+    """Whether Accelerate must be told cpu=True.
+
+    Accelerate only forms a multi-process CPU group (gloo) when told cpu=True, so a
+    machine without a GPU asks for it explicitly (else torchrun's processes would each
+    train alone).
+    """
+    no_gpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    return options.device == "cpu" or (options.device is None and no_gpu)
+
+
+def make_accelerator(options: RunOptions) -> Accelerator:
+    """One Accelerator for a run; on CPU, torch threads = cores / processes."""
+    options.check()
+    acc = Accelerator(cpu=wants_cpu(options), mixed_precision=options.mixed_precision,
+                      kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    if acc.device.type == "cpu":
+        if options.mixed_precision != "no":
+            raise ValueError("mixed precision (bf16/fp16) is for GPU runs; use mixed_precision='no' on CPU")
+        threads = options.num_threads or max(1, (os.cpu_count() or 1) // acc.num_processes)
+        torch.set_num_threads(threads)
+        pin_mkl_threads()
+    return acc
+
+def global_batches(n: int, batch_size: int, seed: int, epoch: int, num_processes: int,
+                   shuffle: bool = True) -> list[np.ndarray]:
+    """The epoch's global batches (same on every process), shuffled from (seed, epoch).
+
+    A last batch too small to give every process 2 rows (batch norm needs 2) joins the one
+    before it; this only touches a tail of fewer than 2 * num_processes rows.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    cuts = list(range(0, n, batch_size)) + [n]
+    batches = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    if len(batches) > 1 and len(batches[-1]) < 2 * num_processes:
+        tail = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], tail])
+    return batches
+
+
+def process_slice(batch: np.ndarray, rank: int, num_processes: int) -> np.ndarray:
+    m = len(batch)
+    return batch[rank * m // num_processes : (rank + 1) * m // num_processes]
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of a sum is summed the same way."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        torch.distributed.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
+class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics cover the whole global batch, on CPU groups.
+
+    PyTorch's SyncBatchNorm runs on GPUs only. This does the same over any process group
+    (gloo): the per-channel sum, count and centred sum of squares are summed across
+    processes with a differentiable all-reduce, so forward and backward equal one
+    process's batch norm over the global batch. Evaluation mode is plain BatchNorm1d; the
+    parameters and buffers are the same (state dicts load either way).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
+            return super().forward(x)
+        all_reduce = _AllReduceSum.apply
+        dims = [0, *range(2, x.dim())]
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        count = x.new_tensor([x.numel() / x.shape[1]])
+        total = all_reduce(torch.cat([x.sum(dims), count]))
+        n = total[-1]
+        mean = total[:-1] / n
+        centred = x - mean.view(shape)
+        var = all_reduce(centred.pow(2).sum(dims)) / n  # biased, as batch norm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(var.detach() * n / (n - 1).clamp(min=1), alpha=factor)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def global_batch_norm(model: torch.nn.Module, acc: Accelerator) -> torch.nn.Module:
+    """With several processes, make batch norm use the global batch's statistics.
+
+    Without this every process would normalise with its own ``batch_size / P`` rows,
+    which is a different model from the one-process (challenge) DIN. CUDA: PyTorch's
+    SyncBatchNorm; CPU: :class:`GlobalBatchNorm1d`.
+    """
+    if acc.num_processes == 1:
+        return model
+    if acc.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.BatchNorm1d:
+                swapped = GlobalBatchNorm1d(child.num_features, child.eps, child.momentum, child.affine,
+                                            child.track_running_stats)
+                swapped.load_state_dict(child.state_dict())
+                setattr(parent, name, swapped)
+    return model
+
+
+def predict_probs(acc: Accelerator, core: Any, split: Any, batch_size: int, progress: bool = False) -> np.ndarray:
+    """Sigmoid scores of ``core`` on ``split``: rows split contiguously across processes,
+    gathered back in row order (what ``gather_for_metrics`` does for a prepared loader)."""
+    n, p, rank = len(split), acc.num_processes, acc.process_index
+    if p > 1:  # identical already with global batch norm; rank 0's, to be sure
+        for module in core.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                for buf in module.buffers():
+                    torch.distributed.broadcast(buf.data, src=0)
+    chunk = -(-n // p)
+    start, stop = min(rank * chunk, n), min((rank + 1) * chunk, n)
+    core.eval()
+    parts = []
+    with torch.no_grad():
+        steps = range(start, stop, batch_size)
+        for a in tqdm(steps, desc="predict", unit="batch", leave=False,
+                      disable=not (progress and acc.is_main_process)):
+            rows = torch.arange(a, min(a + batch_size, stop))
+            batch = send_to_device(split.batch(rows), acc.device)
+            parts.append(torch.sigmoid(core(batch).float()))
+    local = torch.cat(parts) if parts else torch.zeros(0, device=acc.device)
+    if p == 1:
+        return local.cpu().numpy()
+    padded = acc.pad_across_processes(local, dim=0)
+    width = padded.shape[0]
+    gathered = acc.gather(padded).cpu()
+    pieces = [gathered[q * width : q * width + max(0, min(chunk, n - q * chunk))] for q in range(p)]
+    return torch.cat(pieces).numpy()
