@@ -1,7 +1,8 @@
 """The challenge's DIN through FuxiCTR 2.3.10 and through ctr_eval, on the same data.
 
-    python bench/din_vs_fuxictr.py                      # synthetic `small`, 40k train rows
-    python bench/din_vs_fuxictr.py --train-rows 200000 --epochs 2
+    python bench/din_vs_fuxictr.py          # synthetic `small`, 40k train rows, batch 1024, 3 epochs
+    python bench/din_vs_fuxictr.py --train-rows 24576 --valid-rows 2000 --epochs 1 \
+        --batch-size 8192 --repeats 3      # throughput at the challenge's batch size
     python bench/din_vs_fuxictr.py --data-dir /path/to/root   # any challenge-layout root
 
 Steps: (1) make sure a dataset exists (by default the synthetic `small` scale, generated
@@ -11,7 +12,8 @@ the very same files; (3) make sure a virtual environment with fuxictr 2.3.10 exi
 (``--fuxictr-venv``; created with ``python -m venv`` + ``pip install fuxictr==2.3.10
 torch==<this venv's torch version>`` when missing); (4) run bench/_fuxictr_runner.py in that
 venv and ctr_eval.evaluate in a fresh process of this venv, one after the other, each as a
-child process whose peak resident memory is read from the kernel (wait4); (5) print a table.
+child process whose peak resident memory is read from the kernel (wait4), alternating the
+two sides ``--repeats`` times; (5) print a table.
 
 Both sides: the same seed, the same number of epochs (early stopping cannot fire within
 3 epochs at patience 3), the same batch size, learning rate, regularizers and dropout.

@@ -100,15 +100,16 @@ def wants_cpu(options: RunOptions) -> bool:
 def make_accelerator(options: RunOptions) -> Accelerator:
     """One Accelerator for a run; on CPU, torch threads = cores / processes."""
     options.check()
+    if options.mixed_precision != "no" and wants_cpu(options):
+        raise ValueError("mixed precision (bf16/fp16) is for GPU runs; use mixed_precision='no' on CPU")
     acc = Accelerator(cpu=wants_cpu(options), mixed_precision=options.mixed_precision,
                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     if acc.device.type == "cpu":
-        if options.mixed_precision != "no":
-            raise ValueError("mixed precision (bf16/fp16) is for GPU runs; use mixed_precision='no' on CPU")
         threads = options.num_threads or max(1, (os.cpu_count() or 1) // acc.num_processes)
         torch.set_num_threads(threads)
         pin_mkl_threads()
     return acc
+
 
 def global_batches(n: int, batch_size: int, seed: int, epoch: int, num_processes: int,
                    shuffle: bool = True) -> list[np.ndarray]:

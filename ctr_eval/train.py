@@ -15,7 +15,8 @@ the challenge's DIN inherits; each rule is named where it is applied:
   stops when the counter reaches ``early_stop_patience``; the best weights are kept and
   reloaded at the end (``save_best_only`` / ``load_weights``).
 
-Several processes (``accelerate launch --num_processes P``): every epoch has one global
+Several processes (``accelerate launch --multi_gpu --num_processes P`` or ``torchrun
+--nproc_per_node P``, also on a CPU-only machine; see ``ctr_eval.cli``): every epoch has one global
 shuffle (seeded by config seed and epoch), cut into global batches of ``batch_size``; process
 r takes the r-th contiguous slice of each global batch, so each process sees
 ``batch_size / P`` rows per step. Each process scales its summed BCE by ``P / m`` (m = rows
@@ -26,7 +27,8 @@ splits rows contiguously across processes and gathers the scores back into row o
 
 Determinism: the shuffle and every process's torch/numpy/python RNGs are re-seeded from
 (seed, epoch, rank) at the start of each epoch, so a run resumed from an epoch checkpoint
-continues exactly as an uninterrupted one.
+continues exactly as an uninterrupted one. On CPU, MKL's dynamic threading is switched off
+(``_runtime.pin_mkl_threads``) so that a busy machine cannot change the summation order.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ctr_eval.config import config_hash, resolve_config
 from ctr_eval.models import ctr_loss
-from ctr_eval._runtime import GlobalBatchNorm1d
+from ctr_eval._runtime import GlobalBatchNorm1d, make_accelerator
 from ctr_eval.train import (BEST_CHECKPOINT, LAST_CHECKPOINT, RESULT_FILE, RunOptions, Trainer,
                             TrainState, early_stop_step, global_batches, process_slice)
 
@@ -171,6 +171,10 @@ def test_run_options_are_checked():
         RunOptions(mixed_precision="fp8").check()
     with pytest.raises(ValueError, match="device must be one of"):
         RunOptions(device="gpu").check()
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+        RunOptions(num_threads=0).check()
+    with pytest.raises(ValueError, match=r"mixed precision \(bf16/fp16\) is for GPU runs"):
+        make_accelerator(RunOptions(device="cpu", mixed_precision="bf16"))
 
 
 def _global_bn_worker(rank: int, init_file: str, out_dir: str) -> None:
