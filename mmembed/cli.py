@@ -47,6 +47,30 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    from mmembed._distributed import current_process
+    from mmembed.api import extract, parse_spec
+
+    if args.item_info and args.dim != 128:
+        raise ValueError(f"--item-info writes the challenge's 128-d item_emb_d128; got --dim {args.dim}")
+    embeddings = extract(
+        args.data_dir,
+        encoders=[parse_spec(spec) for spec in args.encoder] or ["sbert", "clip"],
+        fusion=None if args.fusion == "none" else parse_spec(args.fusion),
+        dim=args.dim, cache_dir=args.cache_dir, batch_size=args.batch_size,
+        num_workers=args.num_workers, shard_size=args.shard_size, progress=not args.quiet,
+    )
+    if not current_process().is_main:
+        return 0
+    if args.out:
+        embeddings.save(args.out)
+    if args.item_info:
+        embeddings.save_item_info(args.item_info, like=args.like)
+    untrained = "  (UNTRAINED random-init encoders)" if embeddings.untrained else ""
+    print(f"{len(embeddings)} items -> {embeddings.dim} dims{untrained}")
+    return 0
+
+
 def cmd_encoders(args: argparse.Namespace) -> int:
     from mmembed.encoders import encoders_table
 
@@ -92,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-images", action="store_true",
                    help="treat missing or undecodable cover images as errors")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("extract", help="encode items and fuse them into item embeddings")
+    p.add_argument("data_dir", help="dataset root (holding MicroLens_1M_x1/) or that folder itself")
+    p.add_argument("--encoder", action="append", default=[], metavar="SPEC",
+                   help="NAME, NAME:key=value,... or JSON; repeatable (default: sbert and clip)")
+    p.add_argument("--fusion", default="concat_pca", help="fusion head spec, or 'none'")
+    p.add_argument("--dim", type=int, default=128, help="output width (default 128)")
+    p.add_argument("--out", help="folder for the embeddings (npz) and their provenance")
+    p.add_argument("--item-info", help="write a challenge-format item_info.parquet here")
+    p.add_argument("--like", help="item_info.parquet (or dataset) to take item_tags from")
+    p.add_argument("--cache-dir", help="feature cache (default $MMEMBED_CACHE or ~/.cache/mmembed/features)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--num-workers", type=int, help="image-decoding DataLoader workers")
+    p.add_argument("--shard-size", type=int, default=4096, help="items per cache shard")
+    p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("encoders", help="list the registered encoders and whether their weights are here")
     p.set_defaults(func=cmd_encoders)

@@ -47,3 +47,23 @@ def test_summary_reports_rows_of_each_split(tiny_root):
     assert result.returncode == 0, result.stderr
     rows = pq.read_metadata(tiny_root / "MicroLens_1M_x1" / "train.parquet").num_rows
     assert f"{rows:,}" in result.stdout
+
+
+def test_extract_writes_a_valid_item_info(tiny_root, tmp_path):
+    out = tmp_path / "item_info.parquet"
+    result = run_cli("extract", str(tiny_root), "--encoder", "sbert", "--item-info", str(out),
+                     "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(out)
+    n_items = pq.read_metadata(tiny_root / "item_feature.parquet").num_rows
+    assert table.num_rows == n_items + 1
+    assert len(table.column("item_emb_d128")[1].as_py()) == 128
+    assert set(table.column("item_emb_d128")[0].as_py()) == {0.0}
+
+
+def test_extract_refuses_item_info_of_the_wrong_width_before_work(tiny_root, tmp_path):
+    result = run_cli("extract", str(tiny_root), "--encoder", "sbert", "--dim", "16",
+                     "--item-info", str(tmp_path / "x.parquet"), "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 2
+    assert "128-d" in result.stderr and "--dim 16" in result.stderr
+    assert not (tmp_path / "cache").exists()
