@@ -48,7 +48,25 @@ TASK1_TUNABLE = frozenset(
 
 
 @dataclass(frozen=True)
-class DINConfig:
+class _TrainingFields:
+    """Training behaviour both models share: FuxiCTR BaseModel's defaults (rank_model.py:
+    Adam, gradient norm clipped to 10, lr x0.1 on a non-improving epoch down to 1e-6,
+    early stopping on validation AUC with min_delta 1e-6)."""
+
+    optimizer: str = "adam"
+    epochs: int = 100
+    monitor: str = "AUC"
+    min_delta: float = 1e-6
+    reduce_lr_on_plateau: bool = True
+    lr_decay_factor: float = 0.1
+    min_lr: float = 1e-6
+    max_gradient_norm: float = 10.0
+    shuffle: bool = True
+    seed: int = 20242025
+
+
+@dataclass(frozen=True)
+class DINConfig(_TrainingFields):
     """The challenge's DIN (Task 1), as the official baseline resolves it.
 
     Architecture (FuxiCTR DIN + the challenge's ``src/DIN.py``): an item is
@@ -75,19 +93,9 @@ class DINConfig:
     embedding_init_std: float = 1e-4
     embedding_regularizer: Regularizer = 1e-6
     net_regularizer: Regularizer = 0.0
-    optimizer: str = "adam"
     learning_rate: float = 1e-3
     batch_size: int = 8192
-    epochs: int = 100
     early_stop_patience: int = 3
-    monitor: str = "AUC"
-    min_delta: float = 1e-6
-    reduce_lr_on_plateau: bool = True
-    lr_decay_factor: float = 0.1
-    min_lr: float = 1e-6
-    max_gradient_norm: float = 10.0
-    shuffle: bool = True
-    seed: int = 20242025
 
     @property
     def model_name(self) -> str:
@@ -95,7 +103,7 @@ class DINConfig:
 
 
 @dataclass(frozen=True)
-class TransActConfig:
+class TransActConfig(_TrainingFields):
     """The 1st-place Task 2 model: Transformer over [history item | target] + DCNv2.
 
     Values from its published model config: 2 encoder layers, 1 head, feed-forward 256,
@@ -132,19 +140,9 @@ class TransActConfig:
     embedding_init_std: float = 1e-4
     embedding_regularizer: Regularizer = 0.0
     net_regularizer: Regularizer = 0.0
-    optimizer: str = "adam"
     learning_rate: float = 5e-4
     batch_size: int = 128
-    epochs: int = 100
     early_stop_patience: int = 5
-    monitor: str = "AUC"
-    min_delta: float = 1e-6
-    reduce_lr_on_plateau: bool = True
-    lr_decay_factor: float = 0.1
-    min_lr: float = 1e-6
-    max_gradient_norm: float = 10.0
-    shuffle: bool = True
-    seed: int = 20242025
 
     @property
     def model_name(self) -> str:
