@@ -67,3 +67,16 @@ def test_extract_refuses_item_info_of_the_wrong_width_before_work(tiny_root, tmp
     assert result.returncode == 2
     assert "128-d" in result.stderr and "--dim 16" in result.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_extracted_item_info_trains_the_fixed_din(tiny_root, tmp_path):
+    import ctr_eval
+
+    out = tmp_path / "item_info.parquet"
+    result = run_cli("extract", str(tiny_root), "--encoder", "sbert", "--item-info", str(out),
+                     "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    scored = ctr_eval.evaluate(tiny_root, item_info=out, max_epochs=1, batch_size=512,
+                               progress=False, run_dir=tmp_path / "run")
+    assert 0.0 <= scored["valid_auc"] <= 1.0 and scored["epochs_run"] == 1
+    assert str(out) in scored["embedding_source"]
