@@ -32,3 +32,15 @@ def tiny_copy(tiny_root, tmp_path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(tiny_root, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for modules of tiny tensors: faster and steadier on a
+    shared 2-core machine. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -226,7 +226,9 @@ def test_check_ids_passes_on_good_data(dataset):
     root, _ = dataset
     table = load_item_table(root)
     for name in ("train", "valid", "test"):
-        check_ids(load_split(root, name), table)
+        split = load_split(root, name)
+        check_ids(split, table)  # raises on any id without a row
+        assert int(split.item_id.max()) <= table.num_items
 
 
 def test_check_ids_refuses_ids_without_rows(dataset):

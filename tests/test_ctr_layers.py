@@ -8,13 +8,7 @@ from torch import nn
 from ctr_eval.layers import CrossNetV2, DINAttention, ItemEncoder, MLPBlock, fuxictr_reset_linear, norm_penalty
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and steadier on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _attention_inputs(seed: int, batch: int = 12, length: int = 9, dim: int = 16, table: int = 25):

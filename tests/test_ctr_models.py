@@ -14,13 +14,7 @@ from ctr_eval.models import build_model, ctr_loss, list_models
 N_ITEMS = 60
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster and steadier on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_table(seed: int = 0, n_items: int = N_ITEMS, emb: torch.Tensor | None = None) -> ItemTable:

@@ -21,6 +21,7 @@ import re
 import shutil
 import threading
 import zipfile
+from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -60,17 +61,19 @@ def verify_image(data: bytes) -> bool:
         return False
 
 
-class ImageSource:
+class ImageSource(ABC):
     """Maps item ids to cover-image bytes."""
 
     kind = "abstract"
 
+    @abstractmethod
     def read(self, item_id: int) -> bytes | None:
         raise NotImplementedError
 
     def load(self, item_id: int) -> Image.Image | None:
         return decode_image(self.read(item_id), f"{self.describe()} item {item_id}")
 
+    @abstractmethod
     def sizes(self, item_ids: np.ndarray) -> np.ndarray:
         """Byte size of each item's image, -1 where there is none (no file read)."""
         raise NotImplementedError

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+from abc import ABC, abstractmethod
 import logging
 import numbers
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ class EncodedFeatures:
         return int(self.valid.sum())
 
 
-class Encoder:
+class Encoder(ABC):
     """Base class of all encoders; see the module docstring for the contract."""
 
     #: registry name, e.g. "sbert"
@@ -119,9 +120,11 @@ class Encoder:
     def _resolve_weights(self) -> None:
         """Locate the weights (eagerly); raise WeightsNotAvailable when missing."""
 
+    @abstractmethod
     def _load_model(self) -> Any:
         raise NotImplementedError
 
+    @abstractmethod
     def _encode(
         self, catalog: Any, batch_size: int, progress: bool, num_workers: int
     ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -133,9 +136,11 @@ class Encoder:
 
     # ---- public API ----------------------------------------------------------------
     @property
+    @abstractmethod
     def dim(self) -> int:
         raise NotImplementedError
 
+    @abstractmethod
     def weights_id(self) -> str:
         """Identity of the weights: resolved path + hash, or 'random-init:<seed>'."""
         raise NotImplementedError

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -84,7 +85,7 @@ def as_blocks(features: Mapping[str, Any]) -> list[FeatureBlock]:
     return blocks
 
 
-class FusionHead:
+class FusionHead(ABC):
     """Base class of fusion heads; subclasses register with ``@register_fusion(name)``."""
 
     name: ClassVar[str] = ""
@@ -109,9 +110,11 @@ class FusionHead:
         return f"{type(self).__name__}({params})"
 
     # -- the protocol ---------------------------------------------------------------
+    @abstractmethod
     def fit(self, features: Mapping[str, Any], sequences: Any = None) -> "FusionHead":
         raise NotImplementedError
 
+    @abstractmethod
     def transform(self, features: Mapping[str, Any]) -> np.ndarray:
         raise NotImplementedError
 
@@ -130,10 +133,12 @@ class FusionHead:
             )
 
     # -- persistence ------------------------------------------------------------------
+    @abstractmethod
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The fitted state as (JSON-able dict, named arrays)."""
         raise NotImplementedError
 
+    @abstractmethod
     def _set_state(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         raise NotImplementedError
 
