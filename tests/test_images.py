@@ -107,12 +107,14 @@ def test_rar_refuses_members_outside_the_folder(tiny_copy, evil):
     assert not (tiny_copy / "evil.jpg").exists() and not (tiny_copy.parent / "evil.jpg").exists()
 
 
-def test_rar_compressed_members_need_unar(tiny_copy):
-    try:
-        rarfile.tool_setup()
-        pytest.skip("a RAR tool is installed here: the no-backend error cannot happen")
-    except rarfile.RarCannotExec:
-        pass
+def test_rar_compressed_members_need_unar(tiny_copy, monkeypatch):
+    # Make every RAR tool unfindable, whatever this machine has installed.
+    for tool in ("UNRAR_TOOL", "UNAR_TOOL", "BSDTAR_TOOL", "SEVENZIP_TOOL", "SEVENZIP2_TOOL"):
+        monkeypatch.setattr(rarfile, tool, "mmembed-test-no-such-tool")
+    monkeypatch.setattr(rarfile, "CURRENT_SETUP", None)
+    with pytest.raises(rarfile.RarCannotExec):
+        rarfile.tool_setup(force=True)
+    monkeypatch.setattr(rarfile, "CURRENT_SETUP", None)
     rar_dataset(tiny_copy, images_to_archive(tiny_copy, ids=[1]), method=METHOD_NORMAL)
     with pytest.raises(DatasetError, match=r"item_images\.rar: holds compressed members and no "
                                            r"RAR decompressor was found; .*apt-get install unar"):
