@@ -4,8 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pyarrow as pa
 import pyarrow.parquet as pq
+from _parquet_edit import set_values
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -20,13 +20,7 @@ def test_validate_good_directory_exits_zero(tiny_root):
 
 
 def test_validate_bad_directory_names_file_column_and_rows(tiny_copy):
-    path = tiny_copy / "MicroLens_1M_x1" / "valid.parquet"
-    table = pq.read_table(path)
-    labels = table.column("label").to_numpy().copy()
-    labels[[3, 5]] = 2
-    table = table.set_column(table.schema.get_field_index("label"), "label",
-                             pa.array(labels, type=pa.int64()))
-    pq.write_table(table, path)
+    set_values(tiny_copy / "MicroLens_1M_x1" / "valid.parquet", "label", [3, 5], 2)
 
     result = run_cli("validate", str(tiny_copy))
     assert result.returncode == 1

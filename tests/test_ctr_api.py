@@ -17,6 +17,8 @@ import ctr_eval
 from ctr_eval.submission import read_submission
 from ctr_eval.train import BEST_CHECKPOINT, LAST_CHECKPOINT, RESULT_FILE, RUN_FILE
 
+from _parquet_edit import set_values
+
 SMALL = {"embedding_dim": 8, "attention_hidden_units": [16], "dnn_hidden_units": [32, 16],
          "batch_size": 512}
 
@@ -102,24 +104,14 @@ def test_bad_embedding_tables_are_refused_before_training(tiny_root, tmp_path, b
 
 
 def test_item_ids_missing_from_the_table_are_refused(tiny_copy, tmp_path):
-    path = tiny_copy / "MicroLens_1M_x1" / "valid.parquet"
-    t = pq.read_table(path)
-    ids = t.column("item_id").to_numpy().copy()
-    ids[7] = 10_000
-    t = t.set_column(t.schema.get_field_index("item_id"), "item_id", [ids])
-    pq.write_table(t, path)
+    set_values(tiny_copy / "MicroLens_1M_x1" / "valid.parquet", "item_id", [7], 10_000)
     with pytest.raises(ValueError, match=r"valid.parquet: column item_id, row 7: item 10000 has no row"):
         small_eval(tiny_copy, tmp_path / "run", max_epochs=1)
     assert not (tmp_path / "run").exists()
 
 
 def test_labels_outside_0_1_are_refused(tiny_copy, tmp_path):
-    path = tiny_copy / "MicroLens_1M_x1" / "train.parquet"
-    t = pq.read_table(path)
-    labels = t.column("label").to_numpy().copy()
-    labels[3] = 2
-    t = t.set_column(t.schema.get_field_index("label"), "label", [labels])
-    pq.write_table(t, path)
+    set_values(tiny_copy / "MicroLens_1M_x1" / "train.parquet", "label", [3], 2)
     with pytest.raises(ValueError, match=r"train.parquet: column label, row 3 holds 2; labels must be 0 or 1"):
         small_eval(tiny_copy, tmp_path / "run", max_epochs=1)
 

@@ -105,7 +105,7 @@ def test_bert_cls_and_layer_choice(catalog, minilm_path):
 
 
 def test_bert_option_errors(minilm_path):
-    with pytest.raises(ValueError, match=r"layer=7 is out of range .* with 6 layers: valid are -7..6"):
+    with pytest.raises(ValueError, match=r"layer=7 is out of range for 6 layers: valid are -7..6"):
         create_encoder({"name": "bert", "model": minilm_path, "layer": 7})
     with pytest.raises(ValueError, match="pooling must be 'cls' or 'mean', got 'max'"):
         create_encoder({"name": "bert", "model": minilm_path, "pooling": "max"})

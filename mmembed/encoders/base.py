@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import copy
 import json
-from abc import ABC, abstractmethod
 import logging
+from abc import ABC, abstractmethod
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Iterator, Sequence
@@ -243,6 +243,15 @@ class Encoder(ABC):
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_hidden_layer(option_owner: str, layer: int, n_layers: int) -> None:
+    """Refuse a hidden-layer index outside -(n+1)..n (0 = embeddings, -1 = last layer)."""
+    if not -(n_layers + 1) <= layer <= n_layers:
+        raise ValueError(
+            f"{option_owner} option layer={layer} is out of range for {n_layers} layers: valid "
+            f"are -{n_layers + 1}..{n_layers} (0 = embeddings, -1 = last)"
+        )
 
 
 def resolve_device(device: str | None) -> str:

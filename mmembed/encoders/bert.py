@@ -13,7 +13,7 @@ import numpy as np
 
 from ..weights import ResolvedWeights, resolve_model
 from . import register_encoder
-from .base import Encoder, batched_positions, compose_texts, progress_bar
+from .base import Encoder, batched_positions, check_hidden_layer, compose_texts, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,8 @@ class BertEncoder(Encoder):
         )
         self._config = _load_config(self._weights)
         n_layers = int(getattr(self._config, "num_hidden_layers", 0) or 0)
-        layer = self.options["layer"]
-        if n_layers and not -(n_layers + 1) <= layer <= n_layers:
-            raise ValueError(
-                f"bert option layer={layer} is out of range for {self.options['model']!r} with "
-                f"{n_layers} layers: valid are -{n_layers + 1}..{n_layers} (0 = embeddings, -1 = last)"
-            )
+        if n_layers:
+            check_hidden_layer(f"bert ({self.options['model']!r})", self.options["layer"], n_layers)
 
     def weights_id(self) -> str:
         return self._weights.identity()

@@ -25,7 +25,7 @@ import numpy as np
 from ..weights import ResolvedWeights, resolve_model
 from . import register_encoder
 from ._images import default_num_workers, iterate_image_batches
-from .base import Encoder, progress_bar
+from .base import Encoder, check_hidden_layer, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +97,7 @@ class MllmEncoder(Encoder):
                 f"expected a Qwen2-VL-style vision-language model"
             )
         n_layers = int(text_config.num_hidden_layers)
-        layer = self.options["layer"]
-        if not -(n_layers + 1) <= layer <= n_layers:
-            raise ValueError(
-                f"mllm option layer={layer} is out of range for {n_layers} layers: valid are "
-                f"-{n_layers + 1}..{n_layers} (0 = token embeddings, -1 = last)"
-            )
+        check_hidden_layer("mllm", self.options["layer"], n_layers)
 
     def weights_id(self) -> str:
         return self._weights.identity()
