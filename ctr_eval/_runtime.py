@@ -127,9 +127,14 @@ def global_batches(n: int, batch_size: int, seed: int, epoch: int, num_processes
     return batches
 
 
+def process_bounds(m: int, rank: int, num_processes: int) -> tuple[int, int]:
+    """[start, stop) of process ``rank``'s contiguous share of an m-row global batch."""
+    return rank * m // num_processes, (rank + 1) * m // num_processes
+
+
 def process_slice(batch: np.ndarray, rank: int, num_processes: int) -> np.ndarray:
-    m = len(batch)
-    return batch[rank * m // num_processes : (rank + 1) * m // num_processes]
+    start, stop = process_bounds(len(batch), rank, num_processes)
+    return batch[start:stop]
 
 class _AllReduceSum(torch.autograd.Function):
     """Sum over processes; the gradient of a sum is summed the same way."""

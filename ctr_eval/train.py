@@ -22,12 +22,17 @@ r takes the r-th contiguous slice of each global batch, so each process sees
 ``batch_size / P`` rows per step. Each process scales its summed BCE by ``P / m`` (m = rows
 in the global batch), so DDP's gradient average equals the one-process batch mean exactly.
 Batch norm uses the global batch's statistics (SyncBatchNorm on GPUs, an all-reduce batch
-norm on CPU), so the model is the one-process model; only dropout masks differ. Evaluation
-splits rows contiguously across processes and gathers the scores back into row order.
+norm on CPU), and the MLP dropout masks are drawn for the whole global batch from a generator
+seeded the same on every process, each process keeping its rows
+(:class:`ctr_eval.layers.GlobalBatchDropout`). So P processes train the one-process model
+with the one-process masks, and differ from it only by float summation order (the dropout
+inside TransAct's nn.TransformerEncoder layers is the exception: it draws per process).
+Evaluation splits rows contiguously across processes and gathers the scores back into row
+order.
 
-Determinism: the shuffle and every process's torch/numpy/python RNGs are re-seeded from
-(seed, epoch, rank) at the start of each epoch, so a run resumed from an epoch checkpoint
-continues exactly as an uninterrupted one. On CPU, MKL's dynamic threading is switched off
+Determinism: the shuffle, the dropout generator (from (seed, epoch)) and every process's
+torch/numpy/python RNGs (from (seed, epoch, rank)) are re-seeded at the start of each
+epoch, so a run resumed from an epoch checkpoint continues exactly as an uninterrupted one. On CPU, MKL's dynamic threading is switched off
 (``_runtime.pin_mkl_threads``) so that a busy machine cannot change the summation order.
 """
 from __future__ import annotations
@@ -50,8 +55,9 @@ from tqdm.auto import tqdm
 
 from ctr_eval import _io
 from ctr_eval._runtime import (RunOptions, global_batch_norm, global_batches, make_accelerator,
-                               predict_probs, prepare, process_slice)
+                               predict_probs, prepare, process_bounds)
 from ctr_eval.config import config_to_dict
+from ctr_eval.layers import DropoutPlan, set_dropout_plan
 from ctr_eval.metrics import auc as exact_auc
 from ctr_eval.metrics import logloss as clipped_logloss
 
@@ -110,8 +116,9 @@ def table_fingerprint(tags: torch.Tensor, emb: torch.Tensor) -> str:
 class Trainer:
     """Fits one model on a train split, validates each epoch, keeps the best weights.
 
-    ``model_factory(config, item_table)`` builds the nn.Module (forward(batch) -> logits (B,),
-    ``regularization_loss()`` -> scalar). ``run_dir`` receives run.json, the epoch and best
+    ``model_factory(config, item_table)`` builds the nn.Module: forward(batch) -> logits (B,),
+    ``loss(logits, labels)``, ``regularization_loss()`` -> scalar and ``dropout_row_counts(batch)``
+    (see :class:`ctr_eval.models.CTRModel`). ``run_dir`` receives run.json, the epoch and best
     checkpoints and result.json; an existing compatible run there is resumed.
     """
 
@@ -233,24 +240,32 @@ class Trainer:
     def _train_epoch(self, acc: Accelerator, model: Any, core: Any, optimizer: Any, epoch: int) -> dict[str, Any]:
         cfg = self.config
         p, rank = acc.num_processes, acc.process_index
-        # Re-seed per (epoch, rank): dropout masks are reproducible and resume is exact.
+        # Re-seed per (epoch, rank): per-process randomness (TransAct's transformer dropout)
+        # is reproducible and resume is exact.
         rank_seed = (cfg.seed + 1_000_003 * (epoch + 1) + 7919 * rank) % (2**31)
         random.seed(rank_seed)
         np.random.seed(rank_seed)
         torch.manual_seed(rank_seed)
+        # The same on every process: global-batch dropout masks (see the module docstring).
+        dropout_generator = torch.Generator(device=acc.device)
+        dropout_generator.manual_seed((cfg.seed + 1_000_003 * (epoch + 1)) % (2**31))
         batches = global_batches(len(self.train_split), cfg.batch_size, cfg.seed, epoch, p, cfg.shuffle)
         lr = optimizer.param_groups[0]["lr"]
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)  # no per-step sync
         bar = tqdm(batches, desc=f"epoch {epoch + 1}", unit="batch",
                    disable=not (self.options.progress and acc.is_main_process), leave=False)
-        start = time.perf_counter()
+        started = time.perf_counter()
         for batch_rows in bar:
-            rows = torch.from_numpy(process_slice(batch_rows, rank, p))
-            batch = send_to_device(self.train_split.batch(rows), acc.device)
+            global_batch = self.train_split.batch(torch.from_numpy(batch_rows))
+            start, stop = process_bounds(len(batch_rows), rank, p)
+            counts = core.dropout_row_counts(global_batch)
+            set_dropout_plan(core, DropoutPlan(dropout_generator, {
+                kind: (int(c.sum()), int(c[:start].sum())) for kind, c in counts.items()}))
+            batch = send_to_device({k: v[start:stop] for k, v in global_batch.items()}, acc.device)
             logits = model(batch)
             local_mean = core.loss(logits, batch["label"])
-            bce_sum = local_mean * len(rows)
+            bce_sum = local_mean * (stop - start)
             # Scaled so that DDP's average over processes is the global batch mean (factor 1
             # on one process).
             loss = bce_sum * (p / len(batch_rows)) + core.regularization_loss()
@@ -260,7 +275,8 @@ class Trainer:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += bce_sum.detach().double()
-        seconds = time.perf_counter() - start
+        set_dropout_plan(core, None)
+        seconds = time.perf_counter() - started
         total = acc.reduce(loss_sum, reduction="sum").item() if p > 1 else loss_sum.item()
         n = sum(len(b) for b in batches)
         reg = float(core.regularization_loss().detach())

@@ -109,11 +109,13 @@ def test_killed_run_resumes_to_the_same_result(tiny_root, tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_processes_match_one(tiny_root, tmp_path):
-    # Without dropout, P processes compute the same global-batch gradient as one (each
-    # scales its summed loss by P / global batch rows; batch norm uses global statistics):
-    # only float summation order differs, so the runs must agree closely.
-    args = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--set", "net_dropout=0",
-            "--set", "attention_dropout=0", "--max-epochs", "3",
+    # P processes compute the one-process global-batch gradient (each scales its summed
+    # loss by P / global batch rows; batch norm uses global statistics; dropout masks are
+    # drawn for the global batch and sliced): only float summation order differs. That
+    # noise is not quite invisible: a Linear bias in front of batch norm has a true gradient
+    # of 0, so Adam turns float noise into lr-sized steps, and the running mean that trails
+    # the bias makes evaluation differ a little (1e-4 AUC here) while training loss agrees.
+    args = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--max-epochs", "3",
             "--no-progress", "--device", "cpu"]
     subprocess.run(_cli(*args, "--run-dir", str(tmp_path / "one")), check=True, capture_output=True)
     # torchrun (what `accelerate launch --multi_gpu` runs too); see ctr_eval.cli's docstring
@@ -124,7 +126,8 @@ def test_two_cpu_processes_match_one(tiny_root, tmp_path):
     a = json.loads((tmp_path / "one" / RESULT_FILE).read_text())
     b = json.loads((tmp_path / "two" / RESULT_FILE).read_text())
     assert (a["num_processes"], b["num_processes"]) == (1, 2)
+    assert a["config"]["net_dropout"] > 0 and a["config"]["attention_dropout"] > 0
     assert [h["train_samples"] for h in b["history"]] == [h["train_samples"] for h in a["history"]]
     for h1, h2 in zip(a["history"], b["history"]):
-        assert h2["train_bce"] == pytest.approx(h1["train_bce"], abs=1e-4)
-        assert h2["valid_auc"] == pytest.approx(h1["valid_auc"], abs=2e-3)
+        assert h2["train_bce"] == pytest.approx(h1["train_bce"], abs=1e-5)
+        assert h2["valid_auc"] == pytest.approx(h1["valid_auc"], abs=1e-3)

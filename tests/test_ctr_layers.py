@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from ctr_eval.layers import CrossNetV2, DINAttention, ItemEncoder, MLPBlock, fuxictr_reset_linear, norm_penalty
+from ctr_eval.layers import (CrossNetV2, DINAttention, DropoutPlan, GlobalBatchDropout, ItemEncoder, MLPBlock,
+                             fuxictr_reset_linear, norm_penalty)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,8 +109,8 @@ def test_unknown_attention_impl_is_refused():
 def test_mlp_block_layer_order_is_fuxictr():
     block = MLPBlock(10, [8, 4], output_dim=1, dropout=0.2, batch_norm=True)
     kinds = [type(m).__name__ for m in block.layers]
-    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear", "BatchNorm1d", "ReLU",
-                     "Dropout", "Linear"]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "GlobalBatchDropout", "Linear", "BatchNorm1d",
+                     "ReLU", "GlobalBatchDropout", "Linear"]
     assert [type(m).__name__ for m in MLPBlock(10, [8], dropout=0.0).layers] == ["Linear", "ReLU"]
 
 
@@ -166,3 +167,57 @@ def test_batch_unique_equals_torch_unique():
     values, inverse = batch_unique(ids, 10)
     expected_values, expected_inverse = torch.unique(ids, return_inverse=True)
     assert torch.equal(values, expected_values) and torch.equal(inverse, expected_inverse)
+
+
+def _plan(seed: int, global_rows: int, first: int, kind: str = "sample") -> DropoutPlan:
+    return DropoutPlan(torch.Generator().manual_seed(seed), {kind: (global_rows, first)})
+
+
+def test_global_batch_dropout_slices_the_one_process_mask():
+    # Two "processes" holding rows 0..6 and 7..16 of a 17-row global batch apply exactly
+    # the masks one process draws for all 17 rows.
+    drop = GlobalBatchDropout(0.3, rows="position").train()
+    x = torch.rand(17, 40) + 0.5
+    drop.plan = _plan(11, 17, 0, "position")
+    whole = drop(x)
+    parts = []
+    for first, stop in ((0, 7), (7, 17)):
+        drop.plan = _plan(11, 17, first, "position")
+        parts.append(drop(x[first:stop]))
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
+    kept = whole != 0
+    torch.testing.assert_close(whole[kept], (x / 0.7)[kept])
+    assert 0.5 < kept.float().mean().item() < 0.9  # 0.7 expected over 680 draws
+    # a different seed draws different masks; evaluation mode is the identity
+    drop.plan = _plan(12, 17, 0, "position")
+    assert not torch.equal(drop(x) != 0, kept)
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_global_batch_dropout_without_plan_is_plain_dropout_and_checks_its_plan():
+    drop = GlobalBatchDropout(0.5).train()
+    out = drop(torch.ones(4000))
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    assert abs((out == 0).float().mean().item() - 0.5) < 0.05
+    drop.plan = _plan(0, 10, 8)
+    with pytest.raises(RuntimeError, match=r"covers 10 rows, but this input needs rows 8\.\.11"):
+        drop(torch.ones(4, 3))
+    with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\), got 1.0"):
+        GlobalBatchDropout(1.0)
+
+
+def test_din_dropout_plan_counts_attended_positions():
+    from ctr_eval.config import DINConfig
+    from ctr_eval.data import ItemTable
+    from ctr_eval.models import build_model
+
+    table = ItemTable(tags=torch.zeros(6, 5, dtype=torch.long), emb=torch.rand(6, 128))
+    table.emb[0] = 0
+    batch = {"item_id": torch.tensor([1, 2]), "item_seq": torch.tensor([[0, 0, 3], [4, 5, 1]])}
+    exact = build_model("din", DINConfig(), table).dropout_row_counts(batch)
+    plain = build_model("din", DINConfig(), table, attention_impl="plain").dropout_row_counts(batch)
+    assert exact["sample"].tolist() == [1, 1] and exact["position"].tolist() == [1, 3]
+    assert plain["position"].tolist() == [3, 3]
+    layers = build_model("din", DINConfig(), table)
+    rows = {m.rows for m in layers.modules() if isinstance(m, GlobalBatchDropout)}
+    assert rows == {"sample", "position"}  # attention MLP and DNN (net_dropout 0.1 default)

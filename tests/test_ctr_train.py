@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from ctr_eval.config import config_hash, resolve_config
+from ctr_eval.layers import GlobalBatchDropout
 from ctr_eval.models import ctr_loss
-from ctr_eval._runtime import GlobalBatchNorm1d, make_accelerator
+from ctr_eval._runtime import GlobalBatchNorm1d, global_batches, make_accelerator, process_slice
 from ctr_eval.train import (BEST_CHECKPOINT, LAST_CHECKPOINT, RESULT_FILE, RunOptions, Trainer,
-                            TrainState, early_stop_step, global_batches, process_slice)
+                            TrainState, early_stop_step)
 
 N_ITEMS = 60
 
@@ -56,7 +57,7 @@ class StandInModel(nn.Module):
         self.level = nn.Embedding(11, 8)
         self.proj = nn.Linear(table.emb.shape[1], 8, bias=False)
         self.mlp = nn.Sequential(nn.Linear(24, 16), nn.BatchNorm1d(16), nn.ReLU(),
-                                 nn.Dropout(cfg.net_dropout), nn.Linear(16, 1))
+                                 GlobalBatchDropout(cfg.net_dropout), nn.Linear(16, 1))
         self.reg = cfg.embedding_regularizer
 
     def forward(self, batch):
@@ -67,6 +68,9 @@ class StandInModel(nn.Module):
 
     def loss(self, logits, labels):
         return ctr_loss(logits, labels)
+
+    def dropout_row_counts(self, batch):
+        return {"sample": torch.ones(len(batch["item_id"]), dtype=torch.long)}
 
     def regularization_loss(self):
         return (self.reg / 2) * self.item.weight.pow(2).sum()

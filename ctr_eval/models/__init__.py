@@ -104,6 +104,11 @@ class CTRModel(nn.Module):
                                          self.items.num_rows)
         return self.items(unique_ids), index[:batch], index[batch:].reshape(batch, length)
 
+    def dropout_row_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per sample of ``batch``, how many rows it puts into dropout layers of each row
+        kind (see :class:`ctr_eval.layers.DropoutPlan`): one "sample" row each."""
+        return {"sample": torch.ones(len(batch["item_id"]), dtype=torch.long)}
+
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.sigmoid(self(batch).float())
 
