@@ -15,7 +15,8 @@ challenge repository, not in the fuxictr wheel, and are not vendored here):
   * ``ChallengeDIN``: the composition of the library layers described in the baseline
     (item vector = item_id emb ++ pooled tags ++ projected item_emb_d128; target attention
     over the last ``max_len`` history items; DNN over likes/views ++ target ++ pooled).
-  * ``ChallengeBatches``: a batch iterator over the split parquet files. Like the
+  * ``ChallengeBatches``: a batch iterator over the split parquet files, shuffled with the
+    same permutation and batch cut as ctr_eval. Like the
     baseline's collate it looks the [history..., target] item rows up in item_info for
     every batch (``--collate pandas`` does it with pandas ``iloc`` as the baseline does;
     ``--collate numpy`` with plain numpy indexing), so per-batch data work is comparable.
@@ -128,13 +129,15 @@ class ChallengeBatches:
         self.emb = np.stack(item_info["item_emb_d128"].to_numpy()).astype(np.float32)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.epoch = 0
         self.collate = collate
         self.num_samples = len(self.history)
         self.data_seconds = 0.0
 
-    def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
+    def __len__(self) -> int:  # BaseModel counts steps with it: it must match epoch_batches()
+        count = -(-self.num_samples // self.batch_size)
+        return count - 1 if count > 1 and self.num_samples % self.batch_size == 1 else count
 
     def _items(self, ids: np.ndarray) -> dict[str, torch.Tensor]:
         if self.collate == "pandas":  # the baseline's way: DataFrame.iloc + to_list per batch
@@ -150,12 +153,23 @@ class ChallengeBatches:
             "item_emb_d128": torch.from_numpy(self.emb[ids]),
         }
 
+    def epoch_batches(self) -> list[np.ndarray]:
+        """This epoch's batches of row numbers. The same cut as ctr_eval's (a permutation from
+        numpy's default_rng([seed, epoch]); a last batch of one row joins the one before),
+        so that --init-out runs can replay ctr_eval's batch order exactly."""
+        n = self.num_samples
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle \
+            else np.arange(n)
+        batches = [order[a:a + self.batch_size] for a in range(0, n, self.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:
+            batches[-2] = np.concatenate([batches[-2], batches.pop()])
+        return batches
+
     def __iter__(self):
-        order = self.rng.permutation(self.num_samples) if self.shuffle \
-            else np.arange(self.num_samples)
-        for start in range(0, self.num_samples, self.batch_size):
+        batches = self.epoch_batches()
+        self.epoch += 1
+        for rows in batches:
             began = time.perf_counter()
-            rows = order[start:start + self.batch_size]
             history = self.history[rows]
             context = {name: torch.from_numpy(col[rows]) for name, col in self.columns.items()
                        if name != "item_id"}  # the target id goes in with the item rows
@@ -257,6 +271,7 @@ def run(args: argparse.Namespace) -> dict:
         learning_rate=args.learning_rate, batch_size=args.batch_size,
         embedding_regularizer=as_regularizer(args.embedding_regularizer),
         net_regularizer=as_regularizer(args.net_regularizer), net_dropout=args.net_dropout,
+        attention_dropout=args.attention_dropout,
         epochs=args.epochs, seed=args.seed, verbose=0, gpu=-1, group_id=None,
     )
     seed_everything(seed=args.seed)
@@ -264,6 +279,8 @@ def run(args: argparse.Namespace) -> dict:
     feature_map = FeatureMap(DATASET_ID, str(work / DATASET_ID))
     feature_map.load(str(work / DATASET_ID / "feature_map.json"), params)
     model = ChallengeDIN(feature_map, **params)
+    if args.init_out:  # the initial weights, for a run of ctr_eval from the same start
+        np.savez(args.init_out, **{k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
     os.makedirs(model.model_dir, exist_ok=True)  # fuxictr's set_logger would make it
     train_gen = ChallengeBatches(split_dir / "train.parquet", item_info, args.batch_size,
                                  args.max_len, True, args.seed, args.collate)
@@ -314,6 +331,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--embedding-regularizer", type=float, default=1e-6)
     p.add_argument("--net-regularizer", type=float, default=0.0)
     p.add_argument("--net-dropout", type=float, default=0.1)
+    p.add_argument("--attention-dropout", type=float, default=0.1)
+    p.add_argument("--init-out", default=None,
+                   help="write the model's initial state dict here (.npz) before training")
     p.add_argument("--seed", type=int, default=20242025)
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--collate", choices=["pandas", "numpy"], default="pandas")

@@ -151,19 +151,80 @@ def run_child(cmd: list[str], label: str, log_file: Path) -> dict[str, Any]:
     return result
 
 
-def ctr_eval_worker(args: argparse.Namespace) -> int:
-    """Child mode: one ctr_eval.evaluate run; prints its figures as one JSON line."""
-    import resource
+# FuxiCTR ChallengeDIN state-dict prefix -> ctr_eval DIN prefix. Within a prefix both
+# models list their tensors in the same order (Linear/BatchNorm layers in forward order).
+FUXICTR_TO_CTR_EVAL = {
+    "embedding_layer.embedding_layer.embedding_layers.likes_level.": "likes_embedding.",
+    "embedding_layer.embedding_layer.embedding_layers.views_level.": "views_embedding.",
+    "embedding_layer.embedding_layer.embedding_layers.item_id.": "items.id_embedding.",
+    "embedding_layer.embedding_layer.embedding_layers.item_tags.": "items.tag_embedding.",
+    "embedding_layer.embedding_layer.feature_encoders.item_emb_d128.": "items.emb_projection.",
+    "attention_layers.attention_layer.": "attention.",
+    "dnn.": "dnn.",
+}
 
+
+def fuxictr_state_for_ctr_eval(fuxictr_state: dict, model: Any) -> dict:
+    """FuxiCTR's DIN weights renamed for a ctr_eval DIN; refuses any shape or count mismatch."""
+    import torch
+
+    ours = model.state_dict()
+    out = {}
+    for theirs, mine in FUXICTR_TO_CTR_EVAL.items():
+        src = [k for k in fuxictr_state if k.startswith(theirs)]
+        dst = [k for k in ours if k.startswith(mine)]
+        shapes = [(tuple(fuxictr_state[a].shape), tuple(ours[b].shape)) for a, b in zip(src, dst)]
+        if len(src) != len(dst) or any(x != y for x, y in shapes):
+            raise ValueError(f"FuxiCTR {theirs}* {[fuxictr_state[k].shape for k in src]} does not map "
+                             f"onto ctr_eval {mine}* {[tuple(ours[k].shape) for k in dst]}")
+        out.update({b: torch.from_numpy(fuxictr_state[a]).to(ours[b].dtype) for a, b in zip(src, dst)})
+    if set(out) != set(ours):
+        raise ValueError(f"ctr_eval tensors left without a FuxiCTR source: {sorted(set(ours) - set(out))}")
+    return out
+
+
+def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
+    """ctr_eval's run: the public evaluate(), or with --init-from FuxiCTR's initial weights
+    and no dropout (the Trainer evaluate() uses, with a model factory loading the weights)."""
     import ctr_eval
+
+    tunables = dict(batch_size=args.batch_size, learning_rate=args.learning_rate,
+                    embedding_regularizer=args.embedding_regularizer,
+                    net_regularizer=args.net_regularizer, net_dropout=args.net_dropout)
+    if not args.init_from:
+        return ctr_eval.evaluate(args.worker_root, model="din", max_epochs=args.epochs, progress=False,
+                                 run_dir=run_dir, **tunables)
+    import numpy as np
+
+    from ctr_eval.config import config_hash, resolve_config
+    from ctr_eval.data import load_item_table, load_split
+    from ctr_eval.models import build_model
+    from ctr_eval.train import RunOptions, Trainer
+
+    cfg = resolve_config("din", task1=False, seed=args.seed, **{**tunables, "net_dropout": 0.0},
+                         attention_dropout=0.0)
+    start = dict(np.load(args.init_from))
+
+    def factory(config: Any, table: Any) -> Any:
+        model = build_model("din", config, table)
+        model.load_state_dict(fuxictr_state_for_ctr_eval(start, model))
+        return model
+
+    table = load_item_table(args.worker_root)
+    train = load_split(args.worker_root, "train", max_len=cfg.max_len)
+    valid = load_split(args.worker_root, "valid", max_len=cfg.max_len)
+    trainer = Trainer("din", cfg, config_hash(cfg), table, factory, train, valid, run_dir,
+                      RunOptions(max_epochs=args.epochs, progress=False))
+    return trainer.fit()
+
+
+def ctr_eval_worker(args: argparse.Namespace) -> int:
+    """Child mode: one ctr_eval run; prints its figures as one JSON line."""
+    import resource
 
     run_dir = tempfile.mkdtemp(prefix="ctr_eval_bench_")
     try:
-        result = ctr_eval.evaluate(
-            args.worker_root, model="din", max_epochs=args.epochs, progress=False, run_dir=run_dir,
-            batch_size=args.batch_size, learning_rate=args.learning_rate,
-            embedding_regularizer=args.embedding_regularizer,
-            net_regularizer=args.net_regularizer, net_dropout=args.net_dropout)
+        result = run_ctr_eval(args, run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     import torch
@@ -226,10 +287,16 @@ def report(counts: dict, fx: dict | None, ce: dict | None, args: argparse.Namesp
         return "-" if res is None else "{:.1f} -> {:.1f}".format(*res["load_1min_before_after"])
 
     rows.append(("load avg before -> after", load(fx), load(ce)))
+
+    def epochs(res: dict | None) -> str:
+        return "-" if res is None else " ".join(f"{h['AUC']:.4f}" for h in res["history"])
+
+    rows.append(("valid AUC per epoch", epochs(fx), epochs(ce)))
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     print(f"\nDIN (challenge Task 1 config), {counts['train']} train rows / {counts['valid']} valid "
           f"rows, {counts['items']} items, history {min(counts['history_len'], 64)} positions, "
-          f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
+          f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}"
+          + (" -- MATCHED: ctr_eval starts from FuxiCTR's initial weights, no dropout" if args.matched else ""))
     for r in rows:
         print(f"  {r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}")
     summary: dict[str, Any] = {"data": counts, "fuxictr": fx, "ctr_eval": ce,
@@ -244,6 +311,10 @@ def report(counts: dict, fx: dict | None, ce: dict | None, args: argparse.Namesp
               f"{'met' if ratio >= SPEED_TARGET else 'NOT met'})")
         print(f"  peak memory ratio FuxiCTR / ctr_eval = {memory:.2f}x")
         summary.update(auc_diff=diff, throughput_ratio=ratio, memory_ratio=memory)
+        per_epoch = [abs(a["AUC"] - b["AUC"]) for a, b in zip(fx["history"], ce["history"])]
+        if per_epoch:
+            print(f"  largest per-epoch |AUC difference| = {max(per_epoch):.5f}")
+            summary["max_epoch_auc_diff"] = max(per_epoch)
     try:
         load = os.getloadavg()
         print(f"  machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
@@ -283,7 +354,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-fuxictr", action="store_true")
     p.add_argument("--skip-ctr-eval", action="store_true")
     p.add_argument("--json-out", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--matched", action="store_true",
+                   help="start ctr_eval from FuxiCTR's initial weights, both without dropout: "
+                        "per-epoch AUCs should then agree to float noise")
     p.add_argument("--worker-root", default=None, help=argparse.SUPPRESS)  # internal child mode
+    p.add_argument("--init-from", default=None, help=argparse.SUPPRESS)  # internal child mode
     args = p.parse_args(argv)
     if min(args.epochs, args.batch_size, args.repeats) < 1 or min(args.train_rows, args.valid_rows) < 0:
         p.error("--epochs, --batch-size and --repeats must be >= 1, --train-rows/--valid-rows >= 0")
@@ -310,17 +385,23 @@ def main(argv: list[str] | None = None) -> int:
     fx_runs: list[dict] = []
     ce_runs: list[dict] = []
     python = None if args.skip_fuxictr else ensure_fuxictr_venv(Path(args.fuxictr_venv))
+    if args.matched and (args.skip_fuxictr or args.skip_ctr_eval):
+        raise SystemExit("--matched needs both sides (no --skip-fuxictr / --skip-ctr-eval)")
     # Alternate the two sides so that a change in machine load hits both alike.
     for repeat in range(args.repeats):
+        init = logs / f"fuxictr_init_{repeat + 1}.npz"
+        matched = ["--init-out", str(init)] if args.matched else []
         if python is not None:
             with tempfile.TemporaryDirectory(prefix="fuxictr_work_") as work:
                 fx_runs.append(run_child(
                     [str(python), str(RUNNER), "--data-dir", str(bench_root), "--work-dir", work,
-                     "--seed", str(args.seed), "--collate", args.collate, *common],
+                     "--seed", str(args.seed), "--collate", args.collate, *common, *matched,
+                     *(["--attention-dropout", "0", "--net-dropout", "0"] if args.matched else [])],
                     f"FuxiCTR run {repeat + 1}", logs / f"fuxictr_{repeat + 1}.log"))
         if not args.skip_ctr_eval:
             ce_runs.append(run_child(
-                [sys.executable, str(Path(__file__).resolve()), "--worker-root", str(bench_root), *common],
+                [sys.executable, str(Path(__file__).resolve()), "--worker-root", str(bench_root), *common,
+                 "--seed", str(args.seed), *(["--init-from", str(init)] if args.matched else [])],
                 f"ctr_eval run {repeat + 1}", logs / f"ctr_eval_{repeat + 1}.log"))
     fx, ce = combine(fx_runs), combine(ce_runs)
     summary = report(counts, fx, ce, args)

@@ -5,12 +5,19 @@
     ctr-eval predict --run-dir R --data DIR [--task Task1] [--out DIR]
     ctr-eval models
 
-Several processes: ``accelerate launch --multi_gpu --num_processes P -m ctr_eval.cli train ...``
-or ``torchrun --standalone --nproc_per_node P -m ctr_eval.cli train ...``; on a machine
-without a GPU (or with ``--device cpu``) the processes form a CPU (gloo) group. The global
-batch stays ``batch_size``; each process takes ``batch_size / P`` rows of it. (Plain
-``accelerate launch --cpu --num_processes P`` starts P processes only through mpirun,
-i.e. with ``--mpirun_hostfile``; without it, it starts one.)
+Several processes, e.g. two on one CPU-only machine (each gives the one-process result
+up to float rounding; see ``ctr_eval.train``):
+
+    torchrun --standalone --nproc_per_node 2 -m ctr_eval.cli train ...
+    accelerate launch --multi_gpu --num_processes 2 -m ctr_eval.cli train ...
+    accelerate launch --cpu --num_processes 2 --mpirun_hostfile HOSTFILE -m ctr_eval.cli train ...
+
+On a machine without a GPU (or with ``--device cpu``) the processes form a CPU (gloo)
+group. The global batch stays ``batch_size``; each process takes ``batch_size / P`` rows
+of it. Accelerate starts several CPU processes only through mpirun: ``--cpu
+--num_processes P`` without ``--mpirun_hostfile`` starts ONE process. The mpirun form
+needs MPI (Debian: ``apt-get install openmpi-bin``; HOSTFILE holds ``localhost slots=2``;
+as root also ``export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1``).
 """
 from __future__ import annotations
 

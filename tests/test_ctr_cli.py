@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -107,8 +109,18 @@ def test_killed_run_resumes_to_the_same_result(tiny_root, tmp_path):
     assert b["valid_auc"] == a["valid_auc"]
 
 
+def _mpirun_env(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """accelerate's multi-CPU launch (mpirun underneath) and the env it needs here."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    return [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+            "--mpirun_hostfile", str(hostfile)], env
+
+
 @pytest.mark.slow
-def test_two_cpu_processes_match_one(tiny_root, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate-mpirun"])
+def test_two_cpu_processes_match_one(tiny_root, tmp_path, launcher):
     # P processes compute the one-process global-batch gradient (each scales its summed
     # loss by P / global batch rows; batch norm uses global statistics; dropout masks are
     # drawn for the global batch and sliced): only float summation order differs. That
@@ -118,10 +130,15 @@ def test_two_cpu_processes_match_one(tiny_root, tmp_path):
     args = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--max-epochs", "3",
             "--no-progress", "--device", "cpu"]
     subprocess.run(_cli(*args, "--run-dir", str(tmp_path / "one")), check=True, capture_output=True)
-    # torchrun (what `accelerate launch --multi_gpu` runs too); see ctr_eval.cli's docstring
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "ctr_eval.cli", *args, "--run-dir", str(tmp_path / "two")],
-                         capture_output=True, text=True)
+    if launcher == "torchrun":  # what `accelerate launch --multi_gpu` runs too
+        launch, env = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       "--nproc_per_node", "2"], None
+    else:
+        if shutil.which("mpirun") is None:
+            pytest.skip("no mpirun on this machine (Debian: apt-get install openmpi-bin)")
+        launch, env = _mpirun_env(tmp_path)
+    two = subprocess.run([*launch, "-m", "ctr_eval.cli", *args, "--run-dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     a = json.loads((tmp_path / "one" / RESULT_FILE).read_text())
     b = json.loads((tmp_path / "two" / RESULT_FILE).read_text())
