@@ -201,8 +201,7 @@ def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
     from ctr_eval.models import build_model
     from ctr_eval.train import RunOptions, Trainer
 
-    cfg = resolve_config("din", task1=False, seed=args.seed, **{**tunables, "net_dropout": 0.0},
-                         attention_dropout=0.0)
+    cfg = resolve_config("din", task1=False, seed=args.seed, attention_dropout=0.0, **tunables)
     start = dict(np.load(args.init_from))
 
     def factory(config: Any, table: Any) -> Any:
@@ -360,6 +359,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker-root", default=None, help=argparse.SUPPRESS)  # internal child mode
     p.add_argument("--init-from", default=None, help=argparse.SUPPRESS)  # internal child mode
     args = p.parse_args(argv)
+    if args.matched:
+        args.net_dropout = 0.0  # and attention dropout 0: no random masks on either side
     if min(args.epochs, args.batch_size, args.repeats) < 1 or min(args.train_rows, args.valid_rows) < 0:
         p.error("--epochs, --batch-size and --repeats must be >= 1, --train-rows/--valid-rows >= 0")
     return args
@@ -396,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                 fx_runs.append(run_child(
                     [str(python), str(RUNNER), "--data-dir", str(bench_root), "--work-dir", work,
                      "--seed", str(args.seed), "--collate", args.collate, *common, *matched,
-                     *(["--attention-dropout", "0", "--net-dropout", "0"] if args.matched else [])],
+                     *(["--attention-dropout", "0"] if args.matched else [])],
                     f"FuxiCTR run {repeat + 1}", logs / f"fuxictr_{repeat + 1}.log"))
         if not args.skip_ctr_eval:
             ce_runs.append(run_child(

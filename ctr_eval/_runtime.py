@@ -30,7 +30,7 @@ class RunOptions:
 
     max_epochs: int | None = None  # cap on top of config.epochs (e.g. for a demo)
     device: str | None = None  # None: Accelerate's choice; "cpu"; "cuda"
-    mixed_precision: str = "no"  # "no", "bf16", "fp16" (GPU only)
+    mixed_precision: str = "no"  # "no", "bf16", "fp16": autocast for GPUs (bf16 also on CPU)
     progress: bool = True  # tqdm bar per epoch on the main process
     eval_batch_size: int | None = None  # default max(batch_size, 4096): no effect on scores
     num_threads: int | None = None  # torch CPU threads; default cores / processes
@@ -44,6 +44,10 @@ class RunOptions:
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.mixed_precision == "fp16" and wants_cpu(self):
+            # Accelerate would silently train in float32 while the result claimed fp16
+            raise ValueError("mixed_precision='fp16' needs a GPU (Accelerate runs fp16 autocast only "
+                             "there); on CPU use 'bf16' or 'no'")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.num_threads is not None and self.num_threads < 1:
@@ -98,10 +102,13 @@ def wants_cpu(options: RunOptions) -> bool:
 
 
 def make_accelerator(options: RunOptions) -> Accelerator:
-    """One Accelerator for a run; on CPU, torch threads = cores / processes."""
+    """One Accelerator for a run; on CPU, torch threads = cores / processes.
+
+    Mixed precision is Accelerate's autocast (fp16 with a gradient scaler). It is meant for
+    GPUs; bf16 also runs on CPU (more slowly on most CPUs), which is how the tests exercise
+    the autocast code paths on machines without a GPU. fp16 is GPU-only.
+    """
     options.check()
-    if options.mixed_precision != "no" and wants_cpu(options):
-        raise ValueError("mixed precision (bf16/fp16) is for GPU runs; use mixed_precision='no' on CPU")
     acc = Accelerator(cpu=wants_cpu(options), mixed_precision=options.mixed_precision,
                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     if acc.device.type == "cpu":

@@ -180,3 +180,4 @@ def test_oracle_embedding_beats_random_with_the_task1_din(tiny_root, tmp_path):
     good = ctr_eval.evaluate(tiny_root, item_info=oracle, run_dir=tmp_path / "o", **kw)
     bad = ctr_eval.evaluate(tiny_root, item_info=random_table_like(oracle), run_dir=tmp_path / "r", **kw)
     assert good["valid_auc"] > bad["valid_auc"] + 0.03, (good["valid_auc"], bad["valid_auc"])
+

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import ctr_eval
 from ctr_eval.cli import default_run_dir, main, parse_set
 from ctr_eval.submission import read_submission
 from ctr_eval.train import LAST_CHECKPOINT, RESULT_FILE
@@ -148,3 +149,26 @@ def test_two_cpu_processes_match_one(tiny_root, tmp_path, launcher):
     for h1, h2 in zip(a["history"], b["history"]):
         assert h2["train_bce"] == pytest.approx(h1["train_bce"], abs=1e-5)
         assert h2["valid_auc"] == pytest.approx(h1["valid_auc"], abs=1e-3)
+
+
+def test_bf16_trains_under_autocast_and_fp16_needs_a_gpu(tiny_root, tmp_path):
+    # Meant for GPUs; CPU bf16 autocast runs the same code paths (dtype mixing in the exact
+    # attention, the float32 loss). One process per precision: Accelerate fixes the
+    # precision for the life of a process.
+    args = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--max-epochs", "2",
+            "--no-progress", "--device", "cpu"]
+    results = {}
+    for precision in ("no", "bf16"):
+        run_dir = tmp_path / precision
+        subprocess.run(_cli(*args, "--mixed-precision", precision, "--run-dir", str(run_dir)),
+                       check=True, capture_output=True)
+        results[precision] = json.loads((run_dir / RESULT_FILE).read_text())
+    full = [h["train_bce"] for h in results["no"]["history"]]
+    losses = [h["train_bce"] for h in results["bf16"]["history"]]
+    assert results["bf16"]["mixed_precision"] == "bf16"
+    assert losses != full  # autocast did engage
+    assert losses == pytest.approx(full, abs=0.02)
+    assert 0.0 <= results["bf16"]["valid_auc"] <= 1.0 and results["bf16"]["valid_logloss"] < 1.0
+    with pytest.raises(ValueError, match=r"mixed_precision='fp16' needs a GPU"):
+        ctr_eval.evaluate(tiny_root, run_dir=tmp_path / "fp16", device="cpu", mixed_precision="fp16")
+    assert not (tmp_path / "fp16").exists()
