@@ -165,13 +165,14 @@ def random_batches(args: argparse.Namespace, cfg):
 def measure_training(args: argparse.Namespace) -> dict[str, float]:
     from ctr_eval.config import resolve_config
     from ctr_eval.models import build_model
+    from ctr_eval.train import make_optimizer
 
     cfg = resolve_config("din", task1=True, batch_size=args.batch_size)
     table, make_batch, positions = (random_batches if args.random else real_batches)(args, cfg)
     torch.manual_seed(cfg.seed)
     model = build_model("din", cfg, table, attention_impl=args.impl)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    optimizer = make_optimizer(model, cfg.learning_rate)
     seconds, samples, unique, real = 0.0, 0, 0.0, 0.0
     for i in range(args.warmup + args.batches):
         began = time.perf_counter()

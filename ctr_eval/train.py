@@ -6,7 +6,8 @@ the challenge's DIN inherits; each rule is named where it is applied:
 - loss = ``model.loss(logits, labels)`` (binary cross-entropy of the sigmoid output, mean
   over the batch, as FuxiCTR's ``get_loss("binary_crossentropy")``) +
   ``model.regularization_loss()``, every batch (``BaseModel.compute_loss``);
-- Adam with the config's learning rate (``BaseModel.compile`` -> ``get_optimizer``);
+- Adam with the config's learning rate (``BaseModel.compile`` -> ``get_optimizer``), fused
+  (:func:`make_optimizer`);
 - gradients clipped to total L2 norm 10 before each step (``BaseModel.train_step``,
   ``fit(max_gradient_norm=10.)``);
 - validation once per epoch; an epoch improves when AUC >= best + 1e-6; otherwise the
@@ -198,7 +199,7 @@ class Trainer:
 
         set_seed(cfg.seed)
         model = global_batch_norm(self.model_factory(cfg, self.item_table), acc)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        optimizer = make_optimizer(model, cfg.learning_rate)
         model, optimizer = prepare(acc, model, optimizer)
         core = acc.unwrap_model(model)
         state = TrainState()
@@ -349,6 +350,13 @@ class Trainer:
             "versions": {"torch": torch.__version__, "accelerate": _accelerate_version()},
             **self.meta,
         }
+
+
+def make_optimizer(model: torch.nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+    """FuxiCTR's optimizer, torch's Adam with default betas and eps, in its fused form: the
+    same update up to float rounding, ~10x faster per step than the default per-tensor loop
+    on CPU (3 x 9088^2 TransAct cross weights: 0.28 s vs 2.8 s, bench/README.md)."""
+    return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
