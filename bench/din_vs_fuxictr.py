@@ -3,6 +3,7 @@
     python bench/din_vs_fuxictr.py          # synthetic `small`, 40k train rows, batch 1024, 3 epochs
     python bench/din_vs_fuxictr.py --train-rows 24576 --valid-rows 2000 --epochs 1 \
         --batch-size 8192 --repeats 3      # throughput at the challenge's batch size
+    python bench/din_vs_fuxictr.py --train-rows 0 --epochs 3 --batch-size 2048 --matched
     python bench/din_vs_fuxictr.py --data-dir /path/to/root   # any challenge-layout root
 
 Steps: (1) make sure a dataset exists (by default the synthetic `small` scale, generated
@@ -16,7 +17,12 @@ child process whose peak resident memory is read from the kernel (wait4), altern
 two sides ``--repeats`` times; (5) print a table.
 
 Both sides: the same seed, the same number of epochs (early stopping cannot fire within
-3 epochs at patience 3), the same batch size, learning rate, regularizers and dropout.
+3 epochs at patience 3), the same batch size, learning rate, regularizers and dropout, and
+the same batch order (a permutation from numpy's default_rng([seed, epoch])).
+
+``--matched``: the FuxiCTR side writes its initial weights and ctr_eval starts from them,
+both without dropout; the two runs then differ only in float rounding, so the per-epoch
+AUCs test the implementation itself rather than two random draws.
 Throughput counts training steps only (batch building included, preprocessing and
 validation excluded). Targets from the issue: |AUC difference| <= 0.005 and ctr_eval at
 least 2x FuxiCTR's training samples/s.
@@ -41,6 +47,7 @@ DEFAULT_VENV = DEFAULT_CACHE / "fuxictr-2.3.10-venv"
 FUXICTR_VERSION = "2.3.10"
 SPLIT_DIR = "MicroLens_1M_x1"
 AUC_TARGET = 0.005
+TASK1_SEED = 20242025
 SPEED_TARGET = 2.0
 
 
@@ -192,8 +199,10 @@ def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
                     embedding_regularizer=args.embedding_regularizer,
                     net_regularizer=args.net_regularizer, net_dropout=args.net_dropout)
     if not args.init_from:
+        # Task 1 mode fixes the seed; another seed runs the same config outside that mode
+        other_seed = {} if args.seed == TASK1_SEED else {"task1": False, "seed": args.seed}
         return ctr_eval.evaluate(args.worker_root, model="din", max_epochs=args.epochs, progress=False,
-                                 run_dir=run_dir, **tunables)
+                                 run_dir=run_dir, **other_seed, **tunables)
     import numpy as np
 
     from ctr_eval.config import config_hash, resolve_config
@@ -201,6 +210,7 @@ def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
     from ctr_eval.models import build_model
     from ctr_eval.train import RunOptions, Trainer
 
+    tunables["net_dropout"] = 0.0  # a matched run has no random masks (attention's too)
     cfg = resolve_config("din", task1=False, seed=args.seed, attention_dropout=0.0, **tunables)
     start = dict(np.load(args.init_from))
 
@@ -344,7 +354,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--net-regularizer", type=float, default=0.0)
     p.add_argument("--net-dropout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=20242025,
-                   help="training seed (ctr_eval's Task 1 config fixes 20242025)")
+                   help="training seed of both sides (other than 20242025, ctr_eval leaves Task 1 mode)")
     p.add_argument("--fuxictr-venv", default=str(DEFAULT_VENV))
     p.add_argument("--collate", choices=["pandas", "numpy"], default="pandas",
                    help="FuxiCTR side's per-batch item lookup (pandas = the baseline's way)")
@@ -370,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker_root:
         return ctr_eval_worker(args)
-    if args.seed != 20242025 and not args.skip_ctr_eval:
-        log("note: ctr_eval's Task 1 config fixes seed 20242025; only the FuxiCTR side uses --seed")
+    if args.seed != TASK1_SEED and not args.skip_ctr_eval:
+        log(f"note: seed {args.seed}: ctr_eval runs the Task 1 config outside Task 1 mode (which "
+            f"fixes seed {TASK1_SEED})")
     split_dir = ensure_dataset(args)
     tag = f"{split_dir.parent.name}-train{args.train_rows or 'all'}-valid{args.valid_rows or 'all'}"
     bench_root = Path(args.cache_dir) / "runs" / tag
