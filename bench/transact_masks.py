@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[transact_masks {time.strftime('%H:%M:%S')}] {label}: {counts['train']} train rows, "
               f"up to {args.epochs} epochs", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="transact_masks_") as run_dir:
-            result = ctr_eval.evaluate(root, model="transact_dcn", run_dir=run_dir, max_epochs=args.epochs,
+            result = ctr_eval.evaluate(root, model="transact_dcn", run_dir=run_dir, max_epochs=args.epochs, progress=False,
                                        device=args.device, num_threads=args.threads,
                                        published_mask=published, **changed)
         results[label] = result
