@@ -63,9 +63,9 @@ def evaluate(
     "din"); then only the five tunables may be overridden. ``run_dir``: where the run's
     files go (a fresh temporary folder when None); a run dir holding an unfinished run of
     the same config and embedding is resumed. ``max_epochs`` caps ``config.epochs`` and is
-    recorded. ``device`` None/"cpu"/"cuda"; ``mixed_precision`` "no"/"bf16"/"fp16" (autocast, for GPUs;
-    bf16 also runs on CPU);
-    ``num_threads``: torch CPU threads (default: cores / processes). All inputs are checked
+    recorded. ``device`` None/"cpu"/"cuda"; ``mixed_precision`` "no"/"bf16"/"fp16"
+    (autocast, for GPUs; bf16 also runs on CPU); ``num_threads``: torch CPU threads
+    (default: cores / processes). All inputs are checked
     before anything is trained or written.
 
     Returns a dict with valid_auc, valid_logloss (best epoch), best_epoch, epochs_run,

@@ -33,8 +33,9 @@ order.
 
 Determinism: the shuffle, the dropout generator (from (seed, epoch)) and every process's
 torch/numpy/python RNGs (from (seed, epoch, rank)) are re-seeded at the start of each
-epoch, so a run resumed from an epoch checkpoint continues exactly as an uninterrupted one. On CPU, MKL's dynamic threading is switched off
-(``_runtime.pin_mkl_threads``) so that a busy machine cannot change the summation order.
+epoch, so a run resumed from an epoch checkpoint continues exactly as an uninterrupted
+one. On CPU, MKL's dynamic threading is switched off (``_runtime.pin_mkl_threads``) so that
+a busy machine cannot change the summation order.
 """
 from __future__ import annotations
 
