@@ -11,17 +11,7 @@ from mmembed.datasets import ItemCatalog
 from mmembed.encoders import create_encoder
 from mmembed.weights import WeightsNotAvailable
 
-# A ViT with one 32-wide layer and a one-layer text transformer: builds in milliseconds.
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-def tiny_clip_spec(**options):
-    return {"name": "clip", "model": TINY_CLIP, "pretrained": None, **options}
-
+from _tiny_models import TINY_CLIP, tiny_clip_spec
 
 def image_records(tmp_path, n=6):
     """Records with covers of different sizes; item 3 has no cover, item 5 a corrupt file."""

@@ -16,8 +16,8 @@ from PIL import Image
 from mmembed.datasets import ItemCatalog
 from mmembed.encoders import EncodedFeatures, create_encoder, encoder_info, get_encoder, list_encoders
 from mmembed.encoders.base import compose_texts
-from test_encoders_clip import TINY_CLIP
-from test_encoders_mllm import build_tiny_qwen2vl
+
+from _tiny_models import build_tiny_qwen2vl, tiny_clip_spec
 
 N_ITEMS = 7
 # item 3: no title and no tags (text missing); item 5: no cover; item 7: not in the
@@ -54,7 +54,7 @@ def assets(tmp_path_factory):
     specs = {
         "sbert": {"name": "sbert"},
         "bert": {"name": "bert", "model": str(get_model_path()), "pooling": "mean"},
-        "clip": {"name": "clip", "model": TINY_CLIP, "pretrained": None},
+        "clip": tiny_clip_spec(),
         "mllm": {"name": "mllm", "model": str(qwen)},
         "precomputed": {"name": "precomputed", "path": str(root / "feats.parquet"), "column": "emb"},
     }

@@ -17,16 +17,9 @@ from mmembed.datasets import ItemCatalog, validate_dataset
 from mmembed.encoders import create_encoder
 from mmembed.fusion.concat_pca import ConcatPCA
 
-# A tiny random-init open_clip model: fast on a CPU, clearly untrained.
-TINY_CLIP = {
-    "name": "clip",
-    "pretrained": None,
-    "model": {
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    },
-}
+from _tiny_models import tiny_clip_spec
+
+TINY_CLIP = tiny_clip_spec()
 ENCODERS = ["sbert", TINY_CLIP]
 
 
