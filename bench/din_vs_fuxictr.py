@@ -191,8 +191,8 @@ def fuxictr_state_for_ctr_eval(fuxictr_state: dict, model: Any) -> dict:
 
 
 def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
-    """ctr_eval's run: the public evaluate(), or with --init-from FuxiCTR's initial weights
-    and no dropout (the Trainer evaluate() uses, with a model factory loading the weights)."""
+    """ctr_eval's side: the public evaluate(); with --init-from, the same Trainer that
+    evaluate() uses, its model started from FuxiCTR's initial weights, without dropout."""
     import ctr_eval
 
     tunables = dict(batch_size=args.batch_size, learning_rate=args.learning_rate,
