@@ -334,6 +334,53 @@ def report(counts: dict, fx: dict | None, ce: dict | None, args: argparse.Namesp
     return summary
 
 
+def report_seeds(counts: dict, per_seed: list[dict], args: argparse.Namespace) -> dict:
+    """Several seeds: each seed's AUCs, then each side's mean and spread and the mean gap.
+
+    Two libraries cannot draw the same initial weights and dropout masks from one seed, so a
+    single pair of unmatched runs differs by a seed-to-seed amount; the mean over seeds, with
+    its standard error, is what says whether the two implementations train alike.
+    """
+    import statistics
+
+    print(f"\nDIN (challenge Task 1 config), {counts['train']} train rows / {counts['valid']} valid "
+          f"rows, {counts['items']} items, batch {args.batch_size}, up to {args.epochs} epochs, "
+          f"seeds {','.join(str(r['seed']) for r in per_seed)}"
+          + (" -- MATCHED: ctr_eval starts from FuxiCTR's initial weights, no dropout" if args.matched else ""))
+    print(f"  {'seed':>10}  {'FuxiCTR AUC (epochs)':>21}  {'ctr_eval AUC (epochs)':>22}  {'difference':>10}")
+    sides: dict[str, list[float]] = {"fuxictr": [], "ctr_eval": []}
+    for r in per_seed:
+        cells = []
+        for side in sides:
+            res = r[side]
+            cells.append("-" if res is None else f"{res['valid_auc']:.4f} ({res['epochs']})")
+            if res is not None:
+                sides[side].append(res["valid_auc"])
+        both = r["fuxictr"] is not None and r["ctr_eval"] is not None
+        diff = f"{r['ctr_eval']['valid_auc'] - r['fuxictr']['valid_auc']:+.4f}" if both else "-"
+        print(f"  {r['seed']:>10}  {cells[0]:>21}  {cells[1]:>22}  {diff:>10}")
+    summary: dict[str, Any] = {"data": counts, "per_seed": per_seed,
+                               "settings": {k: v for k, v in vars(args).items() if not k.startswith("worker")}}
+    for side, aucs in sides.items():
+        if aucs:
+            sd = statistics.stdev(aucs) if len(aucs) > 1 else float("nan")
+            print(f"  {side:>10}: mean AUC {statistics.fmean(aucs):.4f}, sd over seeds {sd:.4f}")
+            summary[side] = {"mean_auc": statistics.fmean(aucs), "sd_auc": sd, "aucs": aucs}
+    fx, ce = sides["fuxictr"], sides["ctr_eval"]
+    if len(fx) > 1 and len(ce) > 1:
+        gap = statistics.fmean(ce) - statistics.fmean(fx)
+        se = (statistics.variance(fx) / len(fx) + statistics.variance(ce) / len(ce)) ** 0.5
+        print(f"  mean difference ctr_eval - FuxiCTR = {gap:+.4f} (standard error {se:.4f}, ~95% interval "
+              f"{gap - 1.96 * se:+.4f} .. {gap + 1.96 * se:+.4f}); |mean difference| <= {AUC_TARGET}: "
+              f"{'met' if abs(gap) <= AUC_TARGET else 'NOT met'}")
+        best = {side: max((r[side]["train_samples_per_s"] for r in per_seed if r[side]), default=0.0)
+                for side in sides}
+        ratio = best["ctr_eval"] / max(best["fuxictr"], 1e-9)
+        print(f"  throughput ratio ctr_eval / FuxiCTR (best run of each) = {ratio:.2f}x")
+        summary.update(mean_auc_diff=gap, mean_auc_diff_se=se, throughput_ratio=ratio)
+    return summary
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -355,6 +402,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--net-dropout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=20242025,
                    help="training seed of both sides (other than 20242025, ctr_eval leaves Task 1 mode)")
+    p.add_argument("--seeds", default=None, type=lambda text: [int(x) for x in text.split(",")],
+                   help="comma-separated training seeds, each run on both sides; the AUC target is "
+                        "then checked on the mean over seeds (replaces --seed)")
     p.add_argument("--fuxictr-venv", default=str(DEFAULT_VENV))
     p.add_argument("--collate", choices=["pandas", "numpy"], default="pandas",
                    help="FuxiCTR side's per-batch item lookup (pandas = the baseline's way)")
@@ -371,6 +421,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.matched:
         args.net_dropout = 0.0  # and attention dropout 0: no random masks on either side
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds repeats a seed: {args.seeds}")
     if min(args.epochs, args.batch_size, args.repeats) < 1 or min(args.train_rows, args.valid_rows) < 0:
         p.error("--epochs, --batch-size and --repeats must be >= 1, --train-rows/--valid-rows >= 0")
     return args
@@ -394,29 +446,36 @@ def main(argv: list[str] | None = None) -> int:
               "--learning-rate", repr(args.learning_rate),
               "--embedding-regularizer", repr(args.embedding_regularizer),
               "--net-regularizer", repr(args.net_regularizer), "--net-dropout", repr(args.net_dropout)]
-    fx_runs: list[dict] = []
-    ce_runs: list[dict] = []
     python = None if args.skip_fuxictr else ensure_fuxictr_venv(Path(args.fuxictr_venv))
     if args.matched and (args.skip_fuxictr or args.skip_ctr_eval):
         raise SystemExit("--matched needs both sides (no --skip-fuxictr / --skip-ctr-eval)")
-    # Alternate the two sides so that a change in machine load hits both alike.
-    for repeat in range(args.repeats):
-        init = logs / f"fuxictr_init_{repeat + 1}.npz"
-        matched = ["--init-out", str(init)] if args.matched else []
-        if python is not None:
-            with tempfile.TemporaryDirectory(prefix="fuxictr_work_") as work:
-                fx_runs.append(run_child(
-                    [str(python), str(RUNNER), "--data-dir", str(bench_root), "--work-dir", work,
-                     "--seed", str(args.seed), "--collate", args.collate, *common, *matched,
-                     *(["--attention-dropout", "0"] if args.matched else [])],
-                    f"FuxiCTR run {repeat + 1}", logs / f"fuxictr_{repeat + 1}.log"))
-        if not args.skip_ctr_eval:
-            ce_runs.append(run_child(
-                [sys.executable, str(Path(__file__).resolve()), "--worker-root", str(bench_root), *common,
-                 "--seed", str(args.seed), *(["--init-from", str(init)] if args.matched else [])],
-                f"ctr_eval run {repeat + 1}", logs / f"ctr_eval_{repeat + 1}.log"))
-    fx, ce = combine(fx_runs), combine(ce_runs)
-    summary = report(counts, fx, ce, args)
+    per_seed = []
+    for seed in args.seeds or [args.seed]:
+        fx_runs: list[dict] = []
+        ce_runs: list[dict] = []
+        # Alternate the two sides so that a change in machine load hits both alike.
+        for repeat in range(args.repeats):
+            name = f"s{seed}_{repeat + 1}"
+            init = logs / f"fuxictr_init_{name}.npz"
+            matched = ["--init-out", str(init)] if args.matched else []
+            if python is not None:
+                with tempfile.TemporaryDirectory(prefix="fuxictr_work_") as work:
+                    fx_runs.append(run_child(
+                        [str(python), str(RUNNER), "--data-dir", str(bench_root), "--work-dir", work,
+                         "--seed", str(seed), "--collate", args.collate, *common, *matched,
+                         *(["--attention-dropout", "0"] if args.matched else [])],
+                        f"FuxiCTR seed {seed} run {repeat + 1}", logs / f"fuxictr_{name}.log"))
+            if not args.skip_ctr_eval:
+                ce_runs.append(run_child(
+                    [sys.executable, str(Path(__file__).resolve()), "--worker-root", str(bench_root), *common,
+                     "--seed", str(seed), *(["--init-from", str(init)] if args.matched else [])],
+                    f"ctr_eval seed {seed} run {repeat + 1}", logs / f"ctr_eval_{name}.log"))
+        per_seed.append({"seed": seed, "fuxictr": combine(fx_runs), "ctr_eval": combine(ce_runs)})
+    if len(per_seed) == 1:
+        args.seed = per_seed[0]["seed"]
+        summary = report(counts, per_seed[0]["fuxictr"], per_seed[0]["ctr_eval"], args)
+    else:
+        summary = report_seeds(counts, per_seed, args)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(summary, indent=2, default=str))
     return 0

@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--device", default=None, choices=[None, "cpu", "cuda"])
     p.add_argument("--json-out", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--run-dir", default=None,
+                   help="keep each mask's run here (<dir>/correct, <dir>/published) so a killed "
+                        "bench resumes from the last finished epoch (default: temporary folders)")
+    p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
     args = p.parse_args(argv)
     if args.epochs < 1 or min(args.train_rows, args.valid_rows) < 0:
         p.error("--epochs must be >= 1 and --train-rows/--valid-rows >= 0")
@@ -73,12 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         label = "published mask" if published else "correct mask"
         print(f"[transact_masks {time.strftime('%H:%M:%S')}] {label}: {counts['train']} train rows, "
               f"up to {args.epochs} epochs", file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory(prefix="transact_masks_") as run_dir:
-            result = ctr_eval.evaluate(root, model="transact_dcn", run_dir=run_dir, max_epochs=args.epochs, progress=False,
-                                       device=args.device, num_threads=args.threads,
-                                       published_mask=published, **changed)
+        run = dict(model="transact_dcn", max_epochs=args.epochs, progress=args.progress,
+                   device=args.device, num_threads=args.threads, published_mask=published, **changed)
+        if args.run_dir:
+            result = ctr_eval.evaluate(root, run_dir=Path(args.run_dir) / label.split()[0], **run)
+        else:
+            with tempfile.TemporaryDirectory(prefix="transact_masks_") as run_dir:
+                result = ctr_eval.evaluate(root, run_dir=run_dir, **run)
         results[label] = result
         result["parameters"] = _parameter_count(cfg, root)
+        print(f"[transact_masks {time.strftime('%H:%M:%S')}] {label}: best valid AUC "
+              f"{result['valid_auc']:.4f}", file=sys.stderr, flush=True)
     print(f"\nTransAct+DCNv2, {counts['train']} train / {counts['valid']} valid rows, {counts['items']} "
           f"items, history {counts['history_len']}; settings changed from the published config: "
           f"{changed or 'none'}; torch threads {args.threads or torch.get_num_threads()}")

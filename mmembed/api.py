@@ -180,6 +180,7 @@ def extract(
     if head is not None and head.uses_sequences and options.get("sequences") is None:
         raise ValueError(f"fusion {head.name!r} learns from user sequences: pass sequences=...")
 
+    fingerprint = catalog.fingerprint()  # stats every image file: once, not per encoder
     features = {}
     for label, encoder in zip(labels, built):
         features[label] = encode_cached(
@@ -189,6 +190,7 @@ def extract(
             batch_size=options.get("batch_size"),
             progress=options.get("progress", True),
             num_workers=options.get("num_workers"),
+            fingerprint=fingerprint,
         )
     if head is None:
         vectors = np.concatenate([f.vectors for f in features.values()], axis=1)
@@ -218,7 +220,7 @@ def extract(
     provenance = {
         "mmembed_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": {"source": source, "fingerprint": catalog.fingerprint(), "n_items": len(catalog)},
+        "data": {"source": source, "fingerprint": fingerprint, "n_items": len(catalog)},
         "encoders": encoder_records,
         "fusion": None if head is None else {
             "name": head.name,

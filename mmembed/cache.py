@@ -70,14 +70,18 @@ def catalog_fingerprint(catalog: Any) -> str:
     return str(fingerprint())
 
 
-def feature_key(encoder: Any, catalog: Any) -> tuple[str, dict[str, Any]]:
-    """(key, parts): the hex key of (encoder name, config, weights id, catalog)."""
+def feature_key(encoder: Any, catalog: Any, fingerprint: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(key, parts): the hex key of (encoder name, config, weights id, catalog).
+
+    ``fingerprint``: the catalog's fingerprint when the caller already has it (it stats
+    every image file, so one extraction with several encoders computes it once).
+    """
     parts = {
         "format": CACHE_FORMAT,
         "encoder": encoder.name,
         "config": encoder.config(),
         "weights_id": encoder.weights_id(),
-        "catalog": catalog_fingerprint(catalog),
+        "catalog": catalog_fingerprint(catalog) if fingerprint is None else str(fingerprint),
     }
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:24], parts
@@ -167,18 +171,20 @@ def encode_cached(
     batch_size: int | None = None,
     progress: bool = True,
     num_workers: int | None = None,
+    fingerprint: str | None = None,
 ) -> EncodedFeatures:
     """``encoder.encode(catalog)`` through the on-disk cache (see the module docstring).
 
     cache_dir: root of the cache (default :func:`default_cache_dir`).
     shard_size: items per shard; a resumed entry keeps the shard size it was started with.
     batch_size, num_workers: passed to ``encoder.encode``.
+    fingerprint: ``catalog.fingerprint()`` when already computed (else computed here).
     progress: a progress bar over items, on the main process only.
     Returns EncodedFeatures with ``info["cache"]`` = {dir, key, hit, shards, computed}.
     """
     shard_size = _check_positive_int(shard_size, "shard_size")
     n_items = len(catalog)
-    key, parts = feature_key(encoder, catalog)  # resolves weights and fingerprint: fails early
+    key, parts = feature_key(encoder, catalog, fingerprint)  # resolves weights and fingerprint: fails early
     if n_items == 0:
         return encoder.encode(catalog, batch_size=batch_size, progress=False, num_workers=num_workers)
     root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()

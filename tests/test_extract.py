@@ -191,14 +191,23 @@ def test_unknown_option_and_bad_inputs_fail_before_any_data_is_read(tmp_path):
         extract(missing, encoders="sbert")
 
 
-def test_an_item_catalog_and_a_repeated_encoder(tmp_path):
+def test_an_item_catalog_and_a_repeated_encoder(tmp_path, monkeypatch):
     catalog = ItemCatalog.from_records(RECORDS)
+    expected = catalog.fingerprint()
+    calls = []
+
+    def counted(self):  # stats every image file on a real catalog: one call per extract()
+        calls.append(1)
+        return expected
+
+    monkeypatch.setattr(ItemCatalog, "fingerprint", counted)
     emb = extract(catalog, encoders=["sbert", {"name": "sbert", "fields": "title+tags"}], dim=5,
                   cache_dir=tmp_path, progress=False)
     assert list(emb.valid) == ["sbert", "sbert:2"]
     # title+tags gives text to the item without a title.
     assert emb.valid["sbert:2"].all() and not emb.valid["sbert"][2]
     assert [e["label"] for e in emb.provenance["encoders"]] == ["sbert", "sbert:2"]
+    assert len(calls) == 1 and emb.provenance["data"]["fingerprint"] == expected
 
 
 @pytest.mark.slow
