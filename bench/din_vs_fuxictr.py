@@ -413,6 +413,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-fuxictr", action="store_true")
     p.add_argument("--skip-ctr-eval", action="store_true")
     p.add_argument("--json-out", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--results-file", default=None,
+                   help="keep each finished seed's results here; seeds already there (same data and "
+                        "settings) are not run again, so a long --seeds run can go on where it stopped")
     p.add_argument("--matched", action="store_true",
                    help="start ctr_eval from FuxiCTR's initial weights, both without dropout: "
                         "per-epoch AUCs should then agree to float noise")
@@ -426,6 +429,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.epochs, args.batch_size, args.repeats) < 1 or min(args.train_rows, args.valid_rows) < 0:
         p.error("--epochs, --batch-size and --repeats must be >= 1, --train-rows/--valid-rows >= 0")
     return args
+
+
+def _settings_key(args: argparse.Namespace, counts: dict) -> str:
+    """What makes two seed results comparable: the data and every training setting."""
+    keep = ("data_dir", "scale", "data_seed", "train_rows", "valid_rows", "epochs", "batch_size",
+            "learning_rate", "embedding_regularizer", "net_regularizer", "net_dropout", "collate",
+            "matched", "skip_fuxictr", "skip_ctr_eval", "repeats")
+    settings = {k: getattr(args, k) for k in keep}
+    return json.dumps({"settings": settings, "data": counts}, sort_keys=True)
+
+
+def load_seed_results(args: argparse.Namespace, counts: dict) -> dict:
+    """Per-seed results stored by an earlier run with the same settings ({} if none)."""
+    if not args.results_file or not Path(args.results_file).is_file():
+        return {}
+    stored = json.loads(Path(args.results_file).read_text())
+    if stored.get("key") != _settings_key(args, counts):
+        old, new = json.loads(stored.get("key", "{}")), json.loads(_settings_key(args, counts))
+        differ = {f"{part}.{k}": (old.get(part, {}).get(k), v)
+                  for part in new for k, v in new[part].items() if old.get(part, {}).get(k) != v}
+        raise SystemExit(f"{args.results_file} holds results of other data or settings (stored vs now: "
+                         f"{differ}); pass another --results-file")
+    return stored["seeds"]
+
+
+def save_seed_results(args: argparse.Namespace, counts: dict, seeds: dict) -> None:
+    path = Path(args.results_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"key": _settings_key(args, counts), "seeds": seeds}, indent=2, default=str))
+    tmp.replace(path)  # atomic: a killed bench never leaves half a file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,8 +483,13 @@ def main(argv: list[str] | None = None) -> int:
     python = None if args.skip_fuxictr else ensure_fuxictr_venv(Path(args.fuxictr_venv))
     if args.matched and (args.skip_fuxictr or args.skip_ctr_eval):
         raise SystemExit("--matched needs both sides (no --skip-fuxictr / --skip-ctr-eval)")
+    stored = load_seed_results(args, counts)
     per_seed = []
     for seed in args.seeds or [args.seed]:
+        if str(seed) in stored:
+            log(f"seed {seed}: results taken from {args.results_file} (same data and settings)")
+            per_seed.append(stored[str(seed)])
+            continue
         fx_runs: list[dict] = []
         ce_runs: list[dict] = []
         # Alternate the two sides so that a change in machine load hits both alike.
@@ -471,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
                      "--seed", str(seed), *(["--init-from", str(init)] if args.matched else [])],
                     f"ctr_eval seed {seed} run {repeat + 1}", logs / f"ctr_eval_{name}.log"))
         per_seed.append({"seed": seed, "fuxictr": combine(fx_runs), "ctr_eval": combine(ce_runs)})
+        if args.results_file:
+            stored[str(seed)] = per_seed[-1]
+            save_seed_results(args, counts, stored)
     if len(per_seed) == 1:
         args.seed = per_seed[0]["seed"]
         summary = report(counts, per_seed[0]["fuxictr"], per_seed[0]["ctr_eval"], args)
