@@ -30,6 +30,8 @@ least 2x FuxiCTR's training samples/s.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -38,7 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "_fuxictr_runner.py"
@@ -81,6 +83,14 @@ def ensure_dataset(args: argparse.Namespace) -> Path:
     return root / SPLIT_DIR
 
 
+def write_atomically(path: Path, write: Any) -> None:
+    """write(tmp) then rename onto path: a bench started beside a running one rewrites the
+    shared bench copy without a reader ever seeing half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
 def make_bench_root(split_dir: Path, out_root: Path, train_rows: int, valid_rows: int) -> dict:
     """Write out_root/MicroLens_1M_x1 with the first rows of train/valid; return row counts."""
     import pyarrow.parquet as pq
@@ -94,9 +104,10 @@ def make_bench_root(split_dir: Path, out_root: Path, train_rows: int, valid_rows
             table = table.slice(0, limit)
         if "label" not in table.column_names:
             raise ValueError(f"{split_dir / (name + '.parquet')}: no label column")
-        pq.write_table(table, dst / f"{name}.parquet")
+        write_atomically(dst / f"{name}.parquet", lambda tmp: pq.write_table(table, tmp))
         counts[name] = table.num_rows
-    shutil.copyfile(split_dir / "item_info.parquet", dst / "item_info.parquet")
+    write_atomically(dst / "item_info.parquet",
+                     lambda tmp: shutil.copyfile(split_dir / "item_info.parquet", tmp))
     seq = pq.read_table(dst / "train.parquet", columns=["item_seq"]).column("item_seq")
     counts["history_len"] = len(seq[0]) if len(seq) else 0
     counts["items"] = pq.read_metadata(dst / "item_info.parquet").num_rows - 1
@@ -202,7 +213,7 @@ def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
         # Task 1 mode fixes the seed; another seed runs the same config outside that mode
         other_seed = {} if args.seed == TASK1_SEED else {"task1": False, "seed": args.seed}
         return ctr_eval.evaluate(args.worker_root, model="din", max_epochs=args.epochs, progress=False,
-                                 run_dir=run_dir, **other_seed, **tunables)
+                                 run_dir=run_dir, num_threads=args.threads or None, **other_seed, **tunables)
     import numpy as np
 
     from ctr_eval.config import config_hash, resolve_config
@@ -223,7 +234,7 @@ def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
     train = load_split(args.worker_root, "train", max_len=cfg.max_len)
     valid = load_split(args.worker_root, "valid", max_len=cfg.max_len)
     trainer = Trainer("din", cfg, config_hash(cfg), table, factory, train, valid, run_dir,
-                      RunOptions(max_epochs=args.epochs, progress=False))
+                      RunOptions(max_epochs=args.epochs, progress=False, num_threads=args.threads or None))
     return trainer.fit()
 
 
@@ -408,14 +419,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fuxictr-venv", default=str(DEFAULT_VENV))
     p.add_argument("--collate", choices=["pandas", "numpy"], default="pandas",
                    help="FuxiCTR side's per-batch item lookup (pandas = the baseline's way)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads of each side's child (0: each library's default); "
+                        "1 lets two benches share a 2-core machine")
     p.add_argument("--repeats", type=int, default=1,
                    help="run each side N times, alternating; samples/s = best run")
     p.add_argument("--skip-fuxictr", action="store_true")
     p.add_argument("--skip-ctr-eval", action="store_true")
     p.add_argument("--json-out", default=None, help="also write the figures to this JSON file")
     p.add_argument("--results-file", default=None,
-                   help="keep each finished seed's results here; seeds already there (same data and "
-                        "settings) are not run again, so a long --seeds run can go on where it stopped")
+                   help="keep each finished seed's results here, each side on its own; a seed's side "
+                        "already there (same data and settings) is not run again, so a long --seeds run "
+                        "goes on where it stopped, and two benches (--skip-fuxictr / --skip-ctr-eval, "
+                        "or different --seeds) can fill one file at the same time")
     p.add_argument("--matched", action="store_true",
                    help="start ctr_eval from FuxiCTR's initial weights, both without dropout: "
                         "per-epoch AUCs should then agree to float noise")
@@ -432,34 +448,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _settings_key(args: argparse.Namespace, counts: dict) -> str:
-    """What makes two seed results comparable: the data and every training setting."""
+    """What makes two seed results comparable: the data and every training setting.
+
+    Which sides run (--skip-*) and the thread count are not part of it: each side of a seed
+    is stored on its own, so two benches may fill one file side by side.
+    """
     keep = ("data_dir", "scale", "data_seed", "train_rows", "valid_rows", "epochs", "batch_size",
             "learning_rate", "embedding_regularizer", "net_regularizer", "net_dropout", "collate",
-            "matched", "skip_fuxictr", "skip_ctr_eval", "repeats")
+            "matched", "repeats")
     settings = {k: getattr(args, k) for k in keep}
     return json.dumps({"settings": settings, "data": counts}, sort_keys=True)
 
 
-def load_seed_results(args: argparse.Namespace, counts: dict) -> dict:
-    """Per-seed results stored by an earlier run with the same settings ({} if none)."""
-    if not args.results_file or not Path(args.results_file).is_file():
-        return {}
-    stored = json.loads(Path(args.results_file).read_text())
-    if stored.get("key") != _settings_key(args, counts):
-        old, new = json.loads(stored.get("key", "{}")), json.loads(_settings_key(args, counts))
-        differ = {f"{part}.{k}": (old.get(part, {}).get(k), v)
-                  for part in new for k, v in new[part].items() if old.get(part, {}).get(k) != v}
-        raise SystemExit(f"{args.results_file} holds results of other data or settings (stored vs now: "
-                         f"{differ}); pass another --results-file")
-    return stored["seeds"]
+@contextlib.contextmanager
+def locked_results(args: argparse.Namespace, counts: dict) -> Iterator[dict]:
+    """The per-seed results in --results-file, under an exclusive lock; written back atomically.
 
-
-def save_seed_results(args: argparse.Namespace, counts: dict, seeds: dict) -> None:
+    Yields {seed: {"seed", "fuxictr", "ctr_eval"}} ({} for a new file); what the caller puts
+    in it is saved when the block ends. Refuses a file made with other data or settings.
+    """
     path = Path(args.results_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"key": _settings_key(args, counts), "seeds": seeds}, indent=2, default=str))
-    tmp.replace(path)  # atomic: a killed bench never leaves half a file
+    key = _settings_key(args, counts)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another bench may be saving its side of a seed
+        stored = json.loads(path.read_text()) if path.is_file() else {"key": key, "seeds": {}}
+        if stored.get("key") != key:
+            old, new = json.loads(stored.get("key", "{}")), json.loads(key)
+            differ = {f"{part}.{k}": (old.get(part, {}).get(k), v)
+                      for part in new for k, v in new[part].items() if old.get(part, {}).get(k) != v}
+            raise SystemExit(f"{path} holds results of other data or settings (stored vs now: "
+                             f"{differ}); pass another --results-file")
+        yield stored["seeds"]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(stored, indent=2, default=str))
+        tmp.replace(path)  # atomic: a killed bench never leaves half a file
+
+
+def stored_seed(args: argparse.Namespace, counts: dict, seed: int) -> dict:
+    """What --results-file holds for one seed (both sides None when nothing, or no file)."""
+    empty = {"seed": seed, "fuxictr": None, "ctr_eval": None}
+    if not args.results_file:
+        return empty
+    with locked_results(args, counts) as seeds:
+        return {**empty, **seeds.get(str(seed), {})}
+
+
+def store_side(args: argparse.Namespace, counts: dict, seed: int, side: str, result: dict) -> None:
+    with locked_results(args, counts) as seeds:
+        entry = seeds.setdefault(str(seed), {"seed": seed, "fuxictr": None, "ctr_eval": None})
+        entry[side] = result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,40 +517,42 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
               "--learning-rate", repr(args.learning_rate),
               "--embedding-regularizer", repr(args.embedding_regularizer),
-              "--net-regularizer", repr(args.net_regularizer), "--net-dropout", repr(args.net_dropout)]
+              "--net-regularizer", repr(args.net_regularizer), "--net-dropout", repr(args.net_dropout),
+              "--threads", str(args.threads)]
     python = None if args.skip_fuxictr else ensure_fuxictr_venv(Path(args.fuxictr_venv))
     if args.matched and (args.skip_fuxictr or args.skip_ctr_eval):
         raise SystemExit("--matched needs both sides (no --skip-fuxictr / --skip-ctr-eval)")
-    stored = load_seed_results(args, counts)
     per_seed = []
     for seed in args.seeds or [args.seed]:
-        if str(seed) in stored:
-            log(f"seed {seed}: results taken from {args.results_file} (same data and settings)")
-            per_seed.append(stored[str(seed)])
-            continue
-        fx_runs: list[dict] = []
-        ce_runs: list[dict] = []
+        entry = stored_seed(args, counts, seed)
+        wanted = [side for side, skip in (("fuxictr", python is None), ("ctr_eval", args.skip_ctr_eval))
+                  if not skip and entry[side] is None]
+        kept = [side for side in ("fuxictr", "ctr_eval") if entry[side] is not None]
+        if kept:
+            log(f"seed {seed}: {' and '.join(kept)} results taken from {args.results_file}")
+        runs: dict[str, list[dict]] = {side: [] for side in wanted}
         # Alternate the two sides so that a change in machine load hits both alike.
-        for repeat in range(args.repeats):
+        for repeat in range(args.repeats if wanted else 0):
             name = f"s{seed}_{repeat + 1}"
             init = logs / f"fuxictr_init_{name}.npz"
             matched = ["--init-out", str(init)] if args.matched else []
-            if python is not None:
+            if "fuxictr" in runs:
                 with tempfile.TemporaryDirectory(prefix="fuxictr_work_") as work:
-                    fx_runs.append(run_child(
+                    runs["fuxictr"].append(run_child(
                         [str(python), str(RUNNER), "--data-dir", str(bench_root), "--work-dir", work,
                          "--seed", str(seed), "--collate", args.collate, *common, *matched,
                          *(["--attention-dropout", "0"] if args.matched else [])],
                         f"FuxiCTR seed {seed} run {repeat + 1}", logs / f"fuxictr_{name}.log"))
-            if not args.skip_ctr_eval:
-                ce_runs.append(run_child(
+            if "ctr_eval" in runs:
+                runs["ctr_eval"].append(run_child(
                     [sys.executable, str(Path(__file__).resolve()), "--worker-root", str(bench_root), *common,
                      "--seed", str(seed), *(["--init-from", str(init)] if args.matched else [])],
                     f"ctr_eval seed {seed} run {repeat + 1}", logs / f"ctr_eval_{name}.log"))
-        per_seed.append({"seed": seed, "fuxictr": combine(fx_runs), "ctr_eval": combine(ce_runs)})
-        if args.results_file:
-            stored[str(seed)] = per_seed[-1]
-            save_seed_results(args, counts, stored)
+        for side, side_runs in runs.items():
+            entry[side] = combine(side_runs)
+            if args.results_file:
+                store_side(args, counts, seed, side, entry[side])
+        per_seed.append(entry)
     if len(per_seed) == 1:
         args.seed = per_seed[0]["seed"]
         summary = report(counts, per_seed[0]["fuxictr"], per_seed[0]["ctr_eval"], args)
