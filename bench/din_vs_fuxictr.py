@@ -240,8 +240,11 @@ def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
 
 def ctr_eval_worker(args: argparse.Namespace) -> int:
     """Child mode: one ctr_eval run; prints its figures as one JSON line."""
+    import logging
     import resource
 
+    # per-epoch lines into the child's log file (stderr), as the FuxiCTR side writes them
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run_dir = tempfile.mkdtemp(prefix="ctr_eval_bench_")
     try:
         result = run_ctr_eval(args, run_dir)
