@@ -249,6 +249,13 @@ def as_regularizer(value: float):
     return 0 if value == 0 else float(value)
 
 
+def write_init(model: torch.nn.Module, path: Path) -> None:
+    """The model's state dict as .npz, written atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **{k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+    tmp.replace(path)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -280,7 +287,9 @@ def run(args: argparse.Namespace) -> dict:
     feature_map.load(str(work / DATASET_ID / "feature_map.json"), params)
     model = ChallengeDIN(feature_map, **params)
     if args.init_out:  # the initial weights, for a run of ctr_eval from the same start
-        np.savez(args.init_out, **{k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+        write_init(model, Path(args.init_out))
+        if args.init_only:
+            return {"impl": "fuxictr", "init_out": args.init_out, "seed": args.seed}
     os.makedirs(model.model_dir, exist_ok=True)  # fuxictr's set_logger would make it
     train_gen = ChallengeBatches(split_dir / "train.parquet", item_info, args.batch_size,
                                  args.max_len, True, args.seed, args.collate)
@@ -334,6 +343,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attention-dropout", type=float, default=0.1)
     p.add_argument("--init-out", default=None,
                    help="write the model's initial state dict here (.npz) before training")
+    p.add_argument("--init-only", action="store_true",
+                   help="with --init-out: write the initial weights and stop (no training); the same "
+                        "seed gives the same weights as a training run's start")
     p.add_argument("--seed", type=int, default=20242025)
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--collate", choices=["pandas", "numpy"], default="pandas")
@@ -343,6 +355,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.init_only and not args.init_out:
+        raise SystemExit("--init-only needs --init-out")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fuxictr-runner %(levelname)s %(message)s")
     if args.threads > 0:

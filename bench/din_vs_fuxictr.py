@@ -4,6 +4,7 @@
     python bench/din_vs_fuxictr.py --train-rows 24576 --valid-rows 2000 --epochs 1 \
         --batch-size 8192 --repeats 3      # throughput at the challenge's batch size
     python bench/din_vs_fuxictr.py --train-rows 0 --epochs 3 --batch-size 2048 --matched
+    python bench/din_vs_fuxictr.py --train-rows 50000 --epochs 30 --seeds 1,2,3 --same-init
     python bench/din_vs_fuxictr.py --data-dir /path/to/root   # any challenge-layout root
 
 Steps: (1) make sure a dataset exists (by default the synthetic `small` scale, generated
@@ -23,6 +24,11 @@ the same batch order (a permutation from numpy's default_rng([seed, epoch])).
 ``--matched``: the FuxiCTR side writes its initial weights and ctr_eval starts from them,
 both without dropout; the two runs then differ only in float rounding, so the per-epoch
 AUCs test the implementation itself rather than two random draws.
+``--same-init``: ctr_eval starts from FuxiCTR's initial weights of the same seed, and both
+train with the challenge's dropout, each drawing its own masks. The pair then differs only
+in dropout masks (and rounding): with ``--seeds``, the paired mean difference tests the
+whole training, dropout included, without the seed-to-seed spread that the initial draw
+adds (the draw's distribution is compared tensor by tensor in tests/ and bench/README.md).
 Throughput counts training steps only (batch building included, preprocessing and
 validation excluded). Targets from the issue: |AUC difference| <= 0.005 and ctr_eval at
 least 2x FuxiCTR's training samples/s.
@@ -203,7 +209,8 @@ def fuxictr_state_for_ctr_eval(fuxictr_state: dict, model: Any) -> dict:
 
 def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
     """ctr_eval's side: the public evaluate(); with --init-from, the same Trainer that
-    evaluate() uses, its model started from FuxiCTR's initial weights, without dropout."""
+    evaluate() uses, its model started from FuxiCTR's initial weights (dropout as given:
+    none for --matched, the challenge's for --same-init)."""
     import ctr_eval
 
     tunables = dict(batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -221,8 +228,8 @@ def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
     from ctr_eval.models import build_model
     from ctr_eval.train import RunOptions, Trainer
 
-    tunables["net_dropout"] = 0.0  # a matched run has no random masks (attention's too)
-    cfg = resolve_config("din", task1=False, seed=args.seed, attention_dropout=0.0, **tunables)
+    cfg = resolve_config("din", task1=False, seed=args.seed, attention_dropout=args.attention_dropout,
+                         **tunables)
     start = dict(np.load(args.init_from))
 
     def factory(config: Any, table: Any) -> Any:
@@ -284,6 +291,20 @@ def combine(runs: list[dict]) -> dict | None:
     return out
 
 
+def ctr_eval_side(args: argparse.Namespace) -> str:
+    """The name ctr_eval's results go under: runs from FuxiCTR's initial weights with dropout
+    are another experiment than runs from ctr_eval's own, so they are stored apart."""
+    return "ctr_eval_same_init" if args.same_init else "ctr_eval"
+
+
+def mode_note(args: argparse.Namespace) -> str:
+    if args.matched:
+        return " -- MATCHED: ctr_eval starts from FuxiCTR's initial weights, no dropout"
+    if args.same_init:
+        return " -- SAME INIT: ctr_eval starts from FuxiCTR's initial weights, both with dropout"
+    return ""
+
+
 def report(counts: dict, fx: dict | None, ce: dict | None, args: argparse.Namespace) -> dict:
     rows = [("", "FuxiCTR 2.3.10", "ctr_eval")]
 
@@ -319,7 +340,7 @@ def report(counts: dict, fx: dict | None, ce: dict | None, args: argparse.Namesp
     print(f"\nDIN (challenge Task 1 config), {counts['train']} train rows / {counts['valid']} valid "
           f"rows, {counts['items']} items, history {min(counts['history_len'], 64)} positions, "
           f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}"
-          + (" -- MATCHED: ctr_eval starts from FuxiCTR's initial weights, no dropout" if args.matched else ""))
+          + mode_note(args))
     for r in rows:
         print(f"  {r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}")
     summary: dict[str, Any] = {"data": counts, "fuxictr": fx, "ctr_eval": ce,
@@ -360,19 +381,22 @@ def report_seeds(counts: dict, per_seed: list[dict], args: argparse.Namespace) -
     print(f"\nDIN (challenge Task 1 config), {counts['train']} train rows / {counts['valid']} valid "
           f"rows, {counts['items']} items, batch {args.batch_size}, up to {args.epochs} epochs, "
           f"seeds {','.join(str(r['seed']) for r in per_seed)}"
-          + (" -- MATCHED: ctr_eval starts from FuxiCTR's initial weights, no dropout" if args.matched else ""))
+          + mode_note(args))
     print(f"  {'seed':>10}  {'FuxiCTR AUC (epochs)':>21}  {'ctr_eval AUC (epochs)':>22}  {'difference':>10}")
-    sides: dict[str, list[float]] = {"fuxictr": [], "ctr_eval": []}
+    ce_side = ctr_eval_side(args)
+    sides: dict[str, list[float]] = {"fuxictr": [], ce_side: []}
+    diffs = []
     for r in per_seed:
         cells = []
         for side in sides:
-            res = r[side]
+            res = r.get(side)
             cells.append("-" if res is None else f"{res['valid_auc']:.4f} ({res['epochs']})")
             if res is not None:
                 sides[side].append(res["valid_auc"])
-        both = r["fuxictr"] is not None and r["ctr_eval"] is not None
-        diff = f"{r['ctr_eval']['valid_auc'] - r['fuxictr']['valid_auc']:+.4f}" if both else "-"
-        print(f"  {r['seed']:>10}  {cells[0]:>21}  {cells[1]:>22}  {diff:>10}")
+        both = r.get("fuxictr") is not None and r.get(ce_side) is not None
+        if both:
+            diffs.append(r[ce_side]["valid_auc"] - r["fuxictr"]["valid_auc"])
+        print(f"  {r['seed']:>10}  {cells[0]:>21}  {cells[1]:>22}  {f'{diffs[-1]:+.4f}' if both else '-':>10}")
     summary: dict[str, Any] = {"data": counts, "per_seed": per_seed,
                                "settings": {k: v for k, v in vars(args).items() if not k.startswith("worker")}}
     for side, aucs in sides.items():
@@ -380,16 +404,24 @@ def report_seeds(counts: dict, per_seed: list[dict], args: argparse.Namespace) -
             sd = statistics.stdev(aucs) if len(aucs) > 1 else float("nan")
             print(f"  {side:>10}: mean AUC {statistics.fmean(aucs):.4f}, sd over seeds {sd:.4f}")
             summary[side] = {"mean_auc": statistics.fmean(aucs), "sd_auc": sd, "aucs": aucs}
-    fx, ce = sides["fuxictr"], sides["ctr_eval"]
-    if len(fx) > 1 and len(ce) > 1:
-        gap = statistics.fmean(ce) - statistics.fmean(fx)
-        se = (statistics.variance(fx) / len(fx) + statistics.variance(ce) / len(ce)) ** 0.5
-        print(f"  mean difference ctr_eval - FuxiCTR = {gap:+.4f} (standard error {se:.4f}, ~95% interval "
-              f"{gap - 1.96 * se:+.4f} .. {gap + 1.96 * se:+.4f}); |mean difference| <= {AUC_TARGET}: "
-              f"{'met' if abs(gap) <= AUC_TARGET else 'NOT met'}")
-        best = {side: max((r[side]["train_samples_per_s"] for r in per_seed if r[side]), default=0.0)
+    fx, ce = sides["fuxictr"], sides[ce_side]
+    # Same initial weights pair the two runs of a seed: the paired difference's spread is the
+    # honest error. Own initial weights: two independent samples (Welch's standard error).
+    paired = args.same_init and len(diffs) > 1
+    if paired or (len(fx) > 1 and len(ce) > 1):
+        if paired:
+            gap, se = statistics.fmean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
+            how = f"paired over {len(diffs)} seeds"
+        else:
+            gap = statistics.fmean(ce) - statistics.fmean(fx)
+            se = (statistics.variance(fx) / len(fx) + statistics.variance(ce) / len(ce)) ** 0.5
+            how = "difference of the two means"
+        print(f"  mean difference ctr_eval - FuxiCTR = {gap:+.4f} ({how}; standard error {se:.4f}, ~95% "
+              f"interval {gap - 1.96 * se:+.4f} .. {gap + 1.96 * se:+.4f}); |mean difference| <= "
+              f"{AUC_TARGET}: {'met' if abs(gap) <= AUC_TARGET else 'NOT met'}")
+        best = {side: max((r[side]["train_samples_per_s"] for r in per_seed if r.get(side)), default=0.0)
                 for side in sides}
-        ratio = best["ctr_eval"] / max(best["fuxictr"], 1e-9)
+        ratio = best[ce_side] / max(best["fuxictr"], 1e-9)
         print(f"  throughput ratio ctr_eval / FuxiCTR (best run of each) = {ratio:.2f}x")
         summary.update(mean_auc_diff=gap, mean_auc_diff_se=se, throughput_ratio=ratio)
     return summary
@@ -438,9 +470,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--matched", action="store_true",
                    help="start ctr_eval from FuxiCTR's initial weights, both without dropout: "
                         "per-epoch AUCs should then agree to float noise")
+    p.add_argument("--same-init", action="store_true",
+                   help="start ctr_eval from FuxiCTR's initial weights of each seed, both with dropout "
+                        "(own masks); stored apart from ctr_eval's own-init runs in --results-file")
     p.add_argument("--worker-root", default=None, help=argparse.SUPPRESS)  # internal child mode
     p.add_argument("--init-from", default=None, help=argparse.SUPPRESS)  # internal child mode
+    p.add_argument("--attention-dropout", type=float, default=0.1, help=argparse.SUPPRESS)  # child
     args = p.parse_args(argv)
+    if args.matched and args.same_init:
+        p.error("--matched and --same-init exclude each other (--matched also turns dropout off)")
     if args.matched:
         args.net_dropout = 0.0  # and attention dropout 0: no random masks on either side
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
@@ -454,7 +492,8 @@ def _settings_key(args: argparse.Namespace, counts: dict) -> str:
     """What makes two seed results comparable: the data and every training setting.
 
     Which sides run (--skip-*) and the thread count are not part of it: each side of a seed
-    is stored on its own, so two benches may fill one file side by side.
+    is stored on its own, so two benches may fill one file side by side. Nor is --same-init:
+    it does not change the FuxiCTR run, and its ctr_eval runs are stored as their own side.
     """
     keep = ("data_dir", "scale", "data_seed", "train_rows", "valid_rows", "epochs", "batch_size",
             "learning_rate", "embedding_regularizer", "net_regularizer", "net_dropout", "collate",
@@ -467,7 +506,7 @@ def _settings_key(args: argparse.Namespace, counts: dict) -> str:
 def locked_results(args: argparse.Namespace, counts: dict) -> Iterator[dict]:
     """The per-seed results in --results-file, under an exclusive lock; written back atomically.
 
-    Yields {seed: {"seed", "fuxictr", "ctr_eval"}} ({} for a new file); what the caller puts
+    Yields {seed: {"seed", "fuxictr", "ctr_eval"[, "ctr_eval_same_init"]}} ({} for a new file); what the caller puts
     in it is saved when the block ends. Refuses a file made with other data or settings.
     """
     path = Path(args.results_file)
@@ -522,35 +561,45 @@ def main(argv: list[str] | None = None) -> int:
               "--embedding-regularizer", repr(args.embedding_regularizer),
               "--net-regularizer", repr(args.net_regularizer), "--net-dropout", repr(args.net_dropout),
               "--threads", str(args.threads)]
-    python = None if args.skip_fuxictr else ensure_fuxictr_venv(Path(args.fuxictr_venv))
     if args.matched and (args.skip_fuxictr or args.skip_ctr_eval):
         raise SystemExit("--matched needs both sides (no --skip-fuxictr / --skip-ctr-eval)")
+    ce_side = ctr_eval_side(args)
+    # --same-init needs FuxiCTR's initial weights even when its training run is skipped
+    needs_venv = not args.skip_fuxictr or (args.same_init and not args.skip_ctr_eval)
+    python = ensure_fuxictr_venv(Path(args.fuxictr_venv)) if needs_venv else None
+    dropout = ["--attention-dropout", "0"] if args.matched else []
     per_seed = []
     for seed in args.seeds or [args.seed]:
         entry = stored_seed(args, counts, seed)
-        wanted = [side for side, skip in (("fuxictr", python is None), ("ctr_eval", args.skip_ctr_eval))
-                  if not skip and entry[side] is None]
-        kept = [side for side in ("fuxictr", "ctr_eval") if entry[side] is not None]
+        wanted = [side for side, skip in (("fuxictr", args.skip_fuxictr), (ce_side, args.skip_ctr_eval))
+                  if not skip and entry.get(side) is None]
+        kept = [side for side in ("fuxictr", ce_side) if entry.get(side) is not None]
         if kept:
             log(f"seed {seed}: {' and '.join(kept)} results taken from {args.results_file}")
         runs: dict[str, list[dict]] = {side: [] for side in wanted}
+        # FuxiCTR's initial weights depend on the seed and the data only: one file per seed
+        init = logs / f"fuxictr_init_s{seed}.npz"
+        shared = args.matched or args.same_init
         # Alternate the two sides so that a change in machine load hits both alike.
         for repeat in range(args.repeats if wanted else 0):
             name = f"s{seed}_{repeat + 1}"
-            init = logs / f"fuxictr_init_{name}.npz"
-            matched = ["--init-out", str(init)] if args.matched else []
             if "fuxictr" in runs:
                 with tempfile.TemporaryDirectory(prefix="fuxictr_work_") as work:
                     runs["fuxictr"].append(run_child(
                         [str(python), str(RUNNER), "--data-dir", str(bench_root), "--work-dir", work,
-                         "--seed", str(seed), "--collate", args.collate, *common, *matched,
-                         *(["--attention-dropout", "0"] if args.matched else [])],
+                         "--seed", str(seed), "--collate", args.collate, *common, *dropout,
+                         *(["--init-out", str(init)] if shared else [])],
                         f"FuxiCTR seed {seed} run {repeat + 1}", logs / f"fuxictr_{name}.log"))
-            if "ctr_eval" in runs:
-                runs["ctr_eval"].append(run_child(
+            if ce_side in runs:
+                if shared and not init.is_file():  # FuxiCTR's run is stored, its weights are not
+                    with tempfile.TemporaryDirectory(prefix="fuxictr_work_") as work:
+                        run_child([str(python), str(RUNNER), "--data-dir", str(bench_root), "--work-dir",
+                                   work, "--seed", str(seed), *common, "--init-out", str(init), "--init-only"],
+                                  f"FuxiCTR seed {seed} initial weights", logs / f"fuxictr_init_s{seed}.log")
+                runs[ce_side].append(run_child(
                     [sys.executable, str(Path(__file__).resolve()), "--worker-root", str(bench_root), *common,
-                     "--seed", str(seed), *(["--init-from", str(init)] if args.matched else [])],
-                    f"ctr_eval seed {seed} run {repeat + 1}", logs / f"ctr_eval_{name}.log"))
+                     *dropout, "--seed", str(seed), *(["--init-from", str(init)] if shared else [])],
+                    f"{ce_side} seed {seed} run {repeat + 1}", logs / f"{ce_side}_{name}.log"))
         for side, side_runs in runs.items():
             entry[side] = combine(side_runs)
             if args.results_file:
@@ -558,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         per_seed.append(entry)
     if len(per_seed) == 1:
         args.seed = per_seed[0]["seed"]
-        summary = report(counts, per_seed[0]["fuxictr"], per_seed[0]["ctr_eval"], args)
+        summary = report(counts, per_seed[0].get("fuxictr"), per_seed[0].get(ce_side), args)
     else:
         summary = report_seeds(counts, per_seed, args)
     if args.json_out:
