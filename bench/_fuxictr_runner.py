@@ -249,6 +249,37 @@ def as_regularizer(value: float):
     return 0 if value == 0 else float(value)
 
 
+def step_moments(model: "ChallengeDIN", split_dir: Path, item_info: pd.DataFrame,
+                 batch_rows: np.ndarray, args: argparse.Namespace) -> dict:
+    """--moments-out: ``--draws`` training-mode passes over one batch from the initial
+    weights (dropout draws differ, nothing else); the sum and sum of squares of every
+    parameter's gradient and the losses, saved as .npz. No optimizer step is taken."""
+    batches = ChallengeBatches(split_dir / "train.parquet", item_info, len(batch_rows), args.max_len,
+                               False, args.seed, "numpy")
+    batches.epoch_batches = lambda: [batch_rows]  # exactly the rows given, in this order
+    batch = next(iter(batches))
+    params = dict(model.named_parameters())
+    sums = {k: np.zeros(p.shape, np.float64) for k, p in params.items()}
+    squares = {k: np.zeros(p.shape, np.float64) for k, p in params.items()}
+    losses = []
+    model.train()
+    for _ in range(args.draws):
+        model.zero_grad(set_to_none=True)
+        loss = model.compute_loss(model.forward(batch), model.get_labels(batch))  # BCE + regularizer
+        loss.backward()
+        losses.append(float(loss.detach()))
+        for k, p in params.items():
+            g = p.grad.detach().double().numpy() if p.grad is not None else 0.0
+            sums[k] += g
+            squares[k] += np.square(g)
+    out = Path(args.moments_out)
+    tmp = out.with_name(f".{out.name}.tmp.npz")
+    np.savez(tmp, losses=np.array(losses), **{f"sum/{k}": v for k, v in sums.items()},
+             **{f"sumsq/{k}": v for k, v in squares.items()})
+    tmp.replace(out)
+    return {"impl": "fuxictr", "moments_out": str(out), "draws": args.draws, "batch_rows": len(batch_rows)}
+
+
 def write_init(model: torch.nn.Module, path: Path) -> None:
     """The model's state dict as .npz, written atomically (temp file + rename)."""
     tmp = path.with_name(f".{path.name}.tmp.npz")
@@ -290,6 +321,10 @@ def run(args: argparse.Namespace) -> dict:
         write_init(model, Path(args.init_out))
         if args.init_only:
             return {"impl": "fuxictr", "init_out": args.init_out, "seed": args.seed}
+    if args.moments_out:
+        batch_rows = ChallengeBatches(split_dir / "train.parquet", item_info, args.batch_size, args.max_len,
+                                      True, args.seed, "numpy").epoch_batches()[0]
+        return step_moments(model, split_dir, item_info, batch_rows, args)
     os.makedirs(model.model_dir, exist_ok=True)  # fuxictr's set_logger would make it
     train_gen = ChallengeBatches(split_dir / "train.parquet", item_info, args.batch_size,
                                  args.max_len, True, args.seed, args.collate)
@@ -346,6 +381,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init-only", action="store_true",
                    help="with --init-out: write the initial weights and stop (no training); the same "
                         "seed gives the same weights as a training run's start")
+    p.add_argument("--moments-out", default=None,
+                   help="instead of training: gradient moments over --draws dropout draws of the "
+                        "first training batch from the initial weights (.npz); see bench/din_dropout_moments.py")
+    p.add_argument("--draws", type=int, default=200)
     p.add_argument("--seed", type=int, default=20242025)
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--collate", choices=["pandas", "numpy"], default="pandas")
