@@ -49,6 +49,8 @@ from fuxictr.pytorch.layers import DIN_Attention, FeatureEmbedding, MLP_Block
 from fuxictr.pytorch.models import BaseModel
 from fuxictr.pytorch.torch_utils import seed_everything
 
+from _grad_moments import gradient_moments  # bench/, this script's folder
+
 logger = logging.getLogger("fuxictr_runner")
 
 DATASET_ID = "MicroLens_1M_x1"
@@ -258,23 +260,11 @@ def step_moments(model: "ChallengeDIN", split_dir: Path, item_info: pd.DataFrame
                                False, args.seed, "numpy")
     batches.epoch_batches = lambda: [batch_rows]  # exactly the rows given, in this order
     batch = next(iter(batches))
-    params = dict(model.named_parameters())
-    sums = {k: np.zeros(p.shape, np.float64) for k, p in params.items()}
-    squares = {k: np.zeros(p.shape, np.float64) for k, p in params.items()}
-    losses = []
-    model.train()
-    for _ in range(args.draws):
-        model.zero_grad(set_to_none=True)
-        loss = model.compute_loss(model.forward(batch), model.get_labels(batch))  # BCE + regularizer
-        loss.backward()
-        losses.append(float(loss.detach()))
-        for k, p in params.items():
-            g = p.grad.detach().double().numpy() if p.grad is not None else 0.0
-            sums[k] += g
-            squares[k] += np.square(g)
+    losses, sums, squares = gradient_moments(  # BCE + regularizer, fresh dropout each draw
+        model, args.draws, lambda: model.compute_loss(model.forward(batch), model.get_labels(batch)))
     out = Path(args.moments_out)
     tmp = out.with_name(f".{out.name}.tmp.npz")
-    np.savez(tmp, losses=np.array(losses), **{f"sum/{k}": v for k, v in sums.items()},
+    np.savez(tmp, losses=losses, **{f"sum/{k}": v for k, v in sums.items()},
              **{f"sumsq/{k}": v for k, v in squares.items()})
     tmp.replace(out)
     return {"impl": "fuxictr", "moments_out": str(out), "draws": args.draws, "batch_rows": len(batch_rows)}

@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import din_vs_fuxictr as pair  # noqa: E402  (bench/ is not a package)
+from _grad_moments import gradient_moments  # noqa: E402
 
 
 def ctr_eval_moments(bench_root: Path, init: Path, batch_rows: np.ndarray, args: argparse.Namespace):
@@ -52,22 +53,13 @@ def ctr_eval_moments(bench_root: Path, init: Path, batch_rows: np.ndarray, args:
     batch = load_split(bench_root, "train", max_len=cfg.max_len).batch(torch.from_numpy(batch_rows))
     generator = torch.Generator().manual_seed(args.seed)
     counts = model.dropout_row_counts(batch)
-    params = dict(model.named_parameters())
-    sums = {k: np.zeros(p.shape) for k, p in params.items()}
-    squares = {k: np.zeros(p.shape) for k, p in params.items()}
-    losses = []
-    model.train()
-    for _ in range(args.draws):
+
+    def loss_of_draw():
         set_dropout_plan(model, DropoutPlan(generator, {k: (int(c.sum()), 0) for k, c in counts.items()}))
-        model.zero_grad(set_to_none=True)
-        loss = model.loss(model(batch), batch["label"]) + model.regularization_loss()
-        loss.backward()
-        losses.append(float(loss.detach()))
-        for k, p in params.items():
-            g = p.grad.detach().double().numpy() if p.grad is not None else 0.0
-            sums[k] += g
-            squares[k] += np.square(g)
-    return model, np.array(losses), sums, squares
+        return model.loss(model(batch), batch["label"]) + model.regularization_loss()
+
+    losses, sums, squares = gradient_moments(model, args.draws, loss_of_draw)
+    return model, losses, sums, squares
 
 
 def fuxictr_moments(path: Path, init: Path, model) -> tuple[np.ndarray, dict, dict]:
