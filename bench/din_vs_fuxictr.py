@@ -27,8 +27,8 @@ AUCs test the implementation itself rather than two random draws.
 ``--same-init``: ctr_eval starts from FuxiCTR's initial weights of the same seed, and both
 train with the challenge's dropout, each drawing its own masks. The pair then differs only
 in dropout masks (and rounding): with ``--seeds``, the paired mean difference tests the
-whole training, dropout included, without the seed-to-seed spread that the initial draw
-adds (the draw's distribution is compared tensor by tensor in tests/ and bench/README.md).
+whole training, dropout included, from one start (on the synthetic data the masks, not the
+initial draw, make most of the seed-to-seed spread; see bench/README.md).
 Throughput counts training steps only (batch building included, preprocessing and
 validation excluded). Targets from the issue: |AUC difference| <= 0.005 and ctr_eval at
 least 2x FuxiCTR's training samples/s.
