@@ -223,7 +223,7 @@ def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
                                  run_dir=run_dir, num_threads=args.threads or None, **other_seed, **tunables)
     import numpy as np
 
-    from ctr_eval.config import config_hash, resolve_config
+    from ctr_eval.config import resolve_config
     from ctr_eval.data import load_item_table, load_split
     from ctr_eval.models import build_model
     from ctr_eval.train import RunOptions, Trainer
@@ -240,8 +240,9 @@ def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
     table = load_item_table(args.worker_root)
     train = load_split(args.worker_root, "train", max_len=cfg.max_len)
     valid = load_split(args.worker_root, "valid", max_len=cfg.max_len)
-    trainer = Trainer("din", cfg, config_hash(cfg), table, factory, train, valid, run_dir,
-                      RunOptions(max_epochs=args.epochs, progress=False, num_threads=args.threads or None))
+    trainer = Trainer(cfg, table, train, valid, run_dir,
+                      RunOptions(max_epochs=args.epochs, progress=False, num_threads=args.threads or None),
+                      model_factory=factory)
     return trainer.fit()
 
 

@@ -4,7 +4,7 @@ Reads the challenge's files (or an (N+1, 128) float32 embedding table); never im
 mmembed.
 
     import ctr_eval
-    result = ctr_eval.evaluate("data/", item_info="my_item_info.parquet")
+    result = ctr_eval.evaluate("data/", item_info="my_item_info.parquet", run_dir="runs/mine")
     result["valid_auc"], result["valid_logloss"]
     ctr_eval.predict(result["run_dir"], "data/", task="Task1")  # -> submission.zip
 

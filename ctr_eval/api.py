@@ -1,21 +1,23 @@
 """Public entry points: ``evaluate`` (train + validate) and ``predict`` (submission zip)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from ctr_eval import _io
 from ctr_eval._runtime import RunOptions, make_accelerator, predict_probs, wants_cpu
 from ctr_eval.config import config_hash, config_to_dict, resolve_config
 from ctr_eval.data import ItemTable, check_ids, load_item_table, load_split
+from ctr_eval.format import write_json
 from ctr_eval.models import build_model
 from ctr_eval.submission import check_task, write_submission
 from ctr_eval.train import BEST_CHECKPOINT, ITEM_TABLE_FILE, RUN_FILE, Trainer, table_fingerprint
@@ -61,8 +63,9 @@ def evaluate(
     or an (N+1, 128) float32 array replacing only the embedding column (row i = item i,
     row 0 zero). ``task1``: Task 1 mode, the challenge's fixed DIN (default: True for
     "din"); then only the five tunables may be overridden. ``run_dir``: where the run's
-    files go (a fresh temporary folder when None); a run dir holding an unfinished run of
-    the same config and embedding is resumed. ``max_epochs`` caps ``config.epochs`` and is
+    files go; a run dir holding an unfinished run of the same config and embedding is
+    resumed. With None the run uses a temporary folder that is deleted when it ends (the
+    result's ``run_dir`` is then None: pass a folder to keep the model for ``predict``). ``max_epochs`` caps ``config.epochs`` and is
     recorded. ``device`` None/"cpu"/"cuda"; ``mixed_precision`` "no"/"bf16"/"fp16"
     (autocast, for GPUs; bf16 also runs on CPU); ``num_threads``: torch CPU threads
     (default: cores / processes). All inputs are checked
@@ -85,16 +88,18 @@ def evaluate(
         if split.label is None:
             raise ValueError(f"{data_dir}: the {name} split has no label column; training needs labels")
         check_ids(split, table, num_levels=cfg.num_levels)
-    if run_dir is None:
-        run_dir = _shared_temp_dir(f"ctr_eval_{model}_", options)
     meta = {"task1": task1, "embedding_source": source, "data_dir": str(Path(data_dir).resolve())}
-    trainer = Trainer(model, cfg, config_hash(cfg), table, _factory(model), train, valid,
-                      run_dir, options, meta)
-    return trainer.fit()
+    if run_dir is not None:
+        return Trainer(cfg, table, train, valid, run_dir, options, meta).fit()
+    with _shared_temp_dir(f"ctr_eval_{model}_", options) as temp_dir:
+        result = Trainer(cfg, table, train, valid, temp_dir, options, meta).fit()
+    return {**result, "run_dir": None}
 
 
-def _shared_temp_dir(prefix: str, options: RunOptions) -> str:
-    """A fresh temporary folder, the same one on every process of a multi-process run."""
+@contextlib.contextmanager
+def _shared_temp_dir(prefix: str, options: RunOptions) -> Iterator[str]:
+    """A fresh temporary folder, the same one on every process of a multi-process run,
+    removed by the main process when the block ends (after every process is done)."""
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
@@ -102,14 +107,12 @@ def _shared_temp_dir(prefix: str, options: RunOptions) -> str:
     holder = [tempfile.mkdtemp(prefix=prefix) if state.is_main_process else None]
     if state.num_processes > 1:
         broadcast_object_list(holder, from_process=0)
-    return holder[0]
-
-
-def _factory(model: str):
-    def build(cfg: Any, table: ItemTable) -> torch.nn.Module:
-        return build_model(model, cfg, table)
-
-    return build
+    try:
+        yield holder[0]
+    finally:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            shutil.rmtree(holder[0], ignore_errors=True)
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[str, Any, ItemTable, torch.nn.Module]:
@@ -165,7 +168,7 @@ def predict(
     zip_path = out / "submission.zip"
     if acc.is_main_process:
         zip_path = write_submission(probs, out, task)
-        _io.write_json(out / "prediction_meta.json", {
+        write_json(out / "prediction_meta.json", {
             "run_dir": str(Path(run_dir).resolve()), "model": model_name, "config_hash": config_hash(cfg),
             "config": config_to_dict(cfg), "data_dir": str(Path(data_dir).resolve()), "split": split,
             "task": task, "rows": int(len(probs))})

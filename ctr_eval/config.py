@@ -33,7 +33,6 @@ __all__ = [
     "DINConfig",
     "TransActConfig",
     "TASK1_TUNABLE",
-    "CONFIG_CLASSES",
     "resolve_config",
     "config_hash",
     "config_to_dict",
@@ -97,10 +96,6 @@ class DINConfig(_TrainingFields):
     batch_size: int = 8192
     early_stop_patience: int = 3
 
-    @property
-    def model_name(self) -> str:
-        return "din"
-
 
 @dataclass(frozen=True)
 class TransActConfig(_TrainingFields):
@@ -144,12 +139,6 @@ class TransActConfig(_TrainingFields):
     batch_size: int = 128
     early_stop_patience: int = 5
 
-    @property
-    def model_name(self) -> str:
-        return "transact_dcn"
-
-
-CONFIG_CLASSES: dict[str, type] = {"din": DINConfig, "transact_dcn": TransActConfig}
 
 # Fields whose value must lie in [0, 1).
 _PROBABILITY_FIELDS = {"attention_dropout", "net_dropout", "transformer_dropout",
@@ -267,10 +256,9 @@ def resolve_config(model: str, task1: bool | None = None, **overrides: Any):
     fields may change; any other key raises ValueError saying so. Unknown keys raise
     ValueError naming the nearest valid one.
     """
-    if model not in CONFIG_CLASSES:
-        near = difflib.get_close_matches(str(model), list(CONFIG_CLASSES), n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"unknown model {model!r}; known models: {sorted(CONFIG_CLASSES)}{hint}")
+    from ctr_eval.models import config_class  # the model registry knows each config class
+
+    cls = config_class(model)  # an unknown name raises UnknownNameError listing the models
     if task1 is None:
         task1 = model == "din"
     if task1 and model != "din":
@@ -278,7 +266,6 @@ def resolve_config(model: str, task1: bool | None = None, **overrides: Any):
             f"Task 1 mode evaluates embeddings with the fixed DIN only; model {model!r} is a "
             "Task 2 model: pass task1=False"
         )
-    cls = CONFIG_CLASSES[model]
     names = [f.name for f in dataclasses.fields(cls)]
     values: dict[str, Any] = {}
     fixed: list[str] = []
@@ -310,9 +297,9 @@ def resolve_config(model: str, task1: bool | None = None, **overrides: Any):
 
 def config_to_dict(cfg) -> dict[str, Any]:
     """Plain-JSON view of a config, with the model name under "model"."""
-    if not dataclasses.is_dataclass(cfg) or type(cfg) not in CONFIG_CLASSES.values():
-        raise TypeError(f"expected a DINConfig or TransActConfig, got {type(cfg).__name__}")
-    out: dict[str, Any] = {"model": cfg.model_name}
+    from ctr_eval.models import model_name_of
+
+    out: dict[str, Any] = {"model": model_name_of(cfg)}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value

@@ -6,107 +6,34 @@ batch by batch, so the full 3.6M-row train split never exists as a 100-wide int6
 """
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
+
+from ctr_eval.checks import check_positive_int
+from ctr_eval.format import (ITEM_INFO_COLUMNS, DatasetError, MissingFileError, check_columns,
+                             check_embedding_table, find_layout, item_table_fingerprint,
+                             iter_batches, list_to_matrix, open_parquet, read_item_info,
+                             scalar_to_numpy)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DataFiles",
     "ItemTable",
     "CTRSplit",
-    "find_data_files",
     "load_item_table",
     "load_split",
     "check_ids",
-    "SPLIT_DIR_NAME",
-    "EMBEDDING_DIM",
 ]
 
-SPLIT_DIR_NAME = "MicroLens_1M_x1"
-EMBEDDING_DIM = 128
-TAGS_PER_ITEM = 5
-SPLITS = ("train", "valid", "test")
-_SPLIT_COLUMNS = ("item_id", "likes_level", "views_level", "item_seq")
+_SPLIT_COLUMNS = {"item_id": "int", "likes_level": "int", "views_level": "int", "item_seq": "int_list"}
 _READ_ROWS = 32768  # rows per record batch while loading a split
-
-
-@dataclass(frozen=True)
-class DataFiles:
-    """Where a dataset's files are: ``root`` holds ``split_dir`` (MicroLens_1M_x1/)."""
-
-    root: Path
-    split_dir: Path
-
-    @property
-    def item_info(self) -> Path:
-        return self.split_dir / "item_info.parquet"
-
-    def split(self, name: str) -> Path:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
-        return self.split_dir / f"{name}.parquet"
-
-
-def find_data_files(data_dir: Union[str, Path]) -> DataFiles:
-    """Resolve a dataset root (holding MicroLens_1M_x1/) or that folder itself."""
-    path = Path(data_dir).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"data_dir {path} does not exist")
-    if not path.is_dir():
-        raise NotADirectoryError(f"data_dir {path} is not a folder")
-    if (path / SPLIT_DIR_NAME).is_dir():
-        return DataFiles(root=path, split_dir=path / SPLIT_DIR_NAME)
-    if any((path / f"{name}.parquet").is_file() for name in (*SPLITS, "item_info")):
-        return DataFiles(root=path.parent, split_dir=path)
-    raise FileNotFoundError(
-        f"{path} holds neither {SPLIT_DIR_NAME}/ nor train/valid/test/item_info.parquet; "
-        "pass the dataset root (the folder that holds MicroLens_1M_x1/) or that folder itself"
-    )
-
-
-# ---------------------------------------------------------------- list columns
-
-
-def _list_column_to_numpy(column: Union[pa.Array, pa.ChunkedArray], width: Optional[int],
-                          dtype, where: str, first_row: int = 0) -> np.ndarray:
-    """A list column whose rows all have the same length -> (rows, width) array.
-
-    ``width=None`` takes the first row's length. Raises naming ``where`` and the row.
-    """
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-            or pa.types.is_fixed_size_list(column.type)):
-        raise TypeError(f"{where} must be a list column, found type {column.type}")
-    rows = len(column)
-    if column.null_count:
-        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{where}, row {first_row + row}: missing (null) list")
-    lengths = pa.compute.list_value_length(column).to_numpy(zero_copy_only=False)
-    if width is None:
-        width = int(lengths[0]) if rows else 0
-    bad = np.flatnonzero(lengths != width)
-    if bad.size:
-        row = int(bad[0])
-        raise ValueError(
-            f"{where}, row {first_row + row}: list has {int(lengths[row])} values, "
-            f"expected {width} (every row of this column must have the same length)"
-        )
-    values = column.flatten()
-    if values.null_count:
-        flat = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{where}, row {first_row + flat // max(width, 1)}: null value in the list")
-    out = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    return out.reshape(rows, width)
 
 
 # ---------------------------------------------------------------- item table
@@ -133,67 +60,9 @@ class ItemTable:
         return int(self.tags.max().item()) + 1 if self.tags.numel() else 1
 
     def fingerprint(self) -> str:
-        """First 16 hex digits of a sha256 over the tags and embedding bytes: a run can
-        record it and a later prediction can check it is given the same table."""
-        digest = hashlib.sha256()
-        for tensor in (self.tags, self.emb):
-            array = tensor.detach().cpu().contiguous().numpy()
-            digest.update(str((array.dtype.str, array.shape)).encode())
-            digest.update(array.tobytes())
-        return digest.hexdigest()[:16]
-
-
-def _check_embedding_array(emb: np.ndarray, where: str) -> np.ndarray:
-    if emb.ndim != 2 or emb.shape[1] != EMBEDDING_DIM:
-        raise ValueError(
-            f"{where}: embedding table has shape {tuple(emb.shape)}; expected (N+1, {EMBEDDING_DIM}) "
-            f"with row i = item i and row 0 = padding"
-        )
-    if emb.shape[0] < 2:
-        raise ValueError(f"{where}: embedding table has {emb.shape[0]} rows; expected N+1 >= 2")
-    finite = np.isfinite(emb)
-    if not finite.all():
-        row, col = (int(v) for v in np.argwhere(~finite)[0])
-        raise ValueError(f"{where}: row {row} (item {row}), dimension {col} is {emb[row, col]} "
-                         "(embeddings must be finite: no NaN or inf)")
-    if np.any(emb[0] != 0):
-        raise ValueError(f"{where}: row 0 is the padding item and must be all zeros "
-                         f"(found max |value| {float(np.abs(emb[0]).max()):.3g})")
-    return emb
-
-
-def _read_item_info(path: Path, need_tags: bool) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-    """(tags, emb) of an item_info.parquet file; either may be None when absent."""
-    if not path.is_file():
-        raise FileNotFoundError(f"item_info file {path} does not exist")
-    schema = pq.read_schema(path)
-    names = set(schema.names)
-    if need_tags and "item_tags" not in names:
-        raise ValueError(f"{path}: column item_tags is missing (found: {', '.join(schema.names)})")
-    columns = [c for c in ("item_id", "item_tags", "item_emb_d128") if c in names]
-    table = pq.read_table(path, columns=columns)
-    if "item_id" in names:
-        ids = table.column("item_id").to_numpy(zero_copy_only=False)
-        wrong = np.flatnonzero(ids != np.arange(len(ids)))
-        if wrong.size:
-            row = int(wrong[0])
-            raise ValueError(f"{path}: column item_id, row {row} holds {ids[row]}; row i must be "
-                             "item i (row 0 = the padding item)")
-    tags = emb = None
-    if "item_tags" in names:
-        tags = _list_column_to_numpy(table.column("item_tags"), TAGS_PER_ITEM, np.int64,
-                                     f"{path}: column item_tags")
-        if tags.size and tags.min() < 0:
-            row = int(np.argwhere(tags < 0)[0][0])
-            raise ValueError(f"{path}: column item_tags, row {row}: negative tag id {tags[row].min()}")
-        if tags.shape[0] and np.any(tags[0] != 0):
-            raise ValueError(f"{path}: column item_tags, row 0 (padding item) must be all zeros")
-    if "item_emb_d128" in names:
-        where = f"{path}: column item_emb_d128"
-        emb = _list_column_to_numpy(table.column("item_emb_d128"), None, np.float32, where)
-        if emb.shape[0] and emb.shape[1] != EMBEDDING_DIM:
-            raise ValueError(f"{where} has width {emb.shape[1]}; expected {EMBEDDING_DIM}")
-    return tags, emb
+        """16 hex digits of a sha256 over the tags and embedding bytes: a run records it
+        and a later prediction checks it is given the same table."""
+        return item_table_fingerprint(self.tags.detach().cpu().numpy(), self.emb.detach().cpu().numpy())
 
 
 def load_item_table(data_dir: Union[str, Path],
@@ -206,35 +75,32 @@ def load_item_table(data_dir: Union[str, Path],
     Checks: width 128, finite, row 0 all zero, row count equal to the dataset's items.
     Whether every id in the data has a row is :func:`check_ids`' job.
     """
-    files = find_data_files(data_dir)
+    dataset_info = find_layout(data_dir).require("item_info")
     if item_info is None:
-        tags, emb = _read_item_info(files.item_info, need_tags=True)
-        if emb is None:
-            raise ValueError(f"{files.item_info}: column item_emb_d128 is missing")
-        source = str(files.item_info)
-        _check_embedding_array(emb, f"{files.item_info}: column item_emb_d128")
-    elif isinstance(item_info, (str, Path)):
+        columns = read_item_info(dataset_info)
+        tags, emb, source = columns["item_tags"], columns["item_emb_d128"], str(dataset_info)
+        check_embedding_table(emb, f"{dataset_info}: column 'item_emb_d128'")
+    elif isinstance(item_info, (str, os.PathLike)):
         path = Path(item_info).expanduser()
-        tags, emb = _read_item_info(path, need_tags=False)
-        if emb is None:
-            raise ValueError(f"{path}: column item_emb_d128 is missing")
-        _check_embedding_array(emb, f"{path}: column item_emb_d128")
-        if tags is None:
-            tags, _ = _read_item_info(files.item_info, need_tags=True)
-        source = str(path)
+        names = open_parquet(path).schema_arrow.names
+        own_tags = "item_tags" in names
+        columns = read_item_info(path, tuple(c for c in ITEM_INFO_COLUMNS if c in names or c == "item_emb_d128"))
+        emb, source = columns["item_emb_d128"], str(path)
+        check_embedding_table(emb, f"{path}: column 'item_emb_d128'")
+        tags = columns["item_tags"] if own_tags else read_item_info(dataset_info, ("item_tags",))["item_tags"]
     elif isinstance(item_info, (np.ndarray, torch.Tensor)):
         array = item_info.detach().cpu().numpy() if isinstance(item_info, torch.Tensor) else item_info
         if not np.issubdtype(array.dtype, np.floating):
             raise TypeError(f"item_info array must hold floats, got dtype {array.dtype}")
-        emb = _check_embedding_array(np.asarray(array, dtype=np.float32), "item_info array")
-        tags, _ = _read_item_info(files.item_info, need_tags=True)
+        emb = check_embedding_table(np.asarray(array, dtype=np.float32), "item_info array")
+        tags = read_item_info(dataset_info, ("item_tags",))["item_tags"]
         source = f"array{tuple(array.shape)}"
     else:
         raise TypeError("item_info must be None, a path to item_info.parquet or an (N+1, 128) float "
                         f"array, got {type(item_info).__name__}")
     if tags.shape[0] != emb.shape[0]:
         raise ValueError(
-            f"{source}: embedding table has {emb.shape[0]} rows but {files.item_info} describes "
+            f"{source}: embedding table has {emb.shape[0]} rows but {dataset_info} describes "
             f"{tags.shape[0]} rows (N+1 = {tags.shape[0]}: row i = item i, row 0 = padding)"
         )
     # np.array copies: arrow buffers are read-only and the table must own its memory
@@ -286,54 +152,34 @@ def load_split(data_dir: Union[str, Path], split: str, max_len: int = 64) -> CTR
     Keeps the last ``max_len`` history positions. Labels are required for train and
     valid and must be 0 or 1; a test file's label column is read when present.
     """
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
-    path = find_data_files(data_dir).split(split)
+    check_positive_int("max_len", max_len)
+    path = find_layout(data_dir).split(split)
     if not path.is_file():
-        raise FileNotFoundError(f"{split} split file {path} does not exist")
+        raise MissingFileError(f"{path}: the {split} split file does not exist")
     # pre_buffer=False: stream pages instead of buffering whole row groups (a 1M-row
     # group of a 100-wide history is GBs); peak memory stays near the output arrays
-    pfile = pq.ParquetFile(path, pre_buffer=False)
-    names = pfile.schema_arrow.names
-    missing = [c for c in _SPLIT_COLUMNS if c not in names]
-    if split != "test" and "label" not in names:
-        missing.append("label")
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(names)})")
-    has_label = "label" in names
+    pfile = open_parquet(path, pre_buffer=False)
+    expected = dict(_SPLIT_COLUMNS)
+    has_label = "label" in pfile.schema_arrow.names
+    if split != "test" or has_label:
+        expected["label"] = "int"
+    check_columns(path, pfile.schema_arrow, expected)
     n = pfile.metadata.num_rows
-    columns = list(_SPLIT_COLUMNS) + (["label"] if has_label else [])
     scalars = {c: np.empty(n, dtype=np.int64) for c in ("item_id", "likes_level", "views_level")}
     label = np.empty(n, dtype=np.float32) if has_label else None
     seq: Optional[np.ndarray] = None
     width = None
-    row = 0
-    for record_batch in pfile.iter_batches(batch_size=_READ_ROWS, columns=columns):
+    for row, record_batch in iter_batches(pfile, path, _READ_ROWS, list(expected)):
         m = record_batch.num_rows
         for name in scalars:
-            col = record_batch.column(name)
-            if col.null_count:
-                bad = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-                raise ValueError(f"{path}: column {name}, row {row + bad}: missing value")
-            scalars[name][row:row + m] = col.to_numpy(zero_copy_only=False)
-        hist = _list_column_to_numpy(record_batch.column("item_seq"), width, np.int64,
-                                     f"{path}: column item_seq", first_row=row)
+            scalars[name][row:row + m] = scalar_to_numpy(record_batch.column(name), path, name, row)
+        hist = list_to_matrix(record_batch.column("item_seq"), path, "item_seq", width, row)
         if seq is None:
             width = hist.shape[1]
             seq = np.empty((n, min(width, max_len)), dtype=np.int32)
         seq[row:row + m] = hist[:, hist.shape[1] - seq.shape[1]:]
         if label is not None:
-            col = record_batch.column("label")
-            if col.null_count:
-                bad = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-                raise ValueError(f"{path}: column label, row {row + bad}: missing value")
-            values = col.to_numpy(zero_copy_only=False)
-            bad = np.flatnonzero((values != 0) & (values != 1))
-            if bad.size:
-                raise ValueError(f"{path}: column label, row {row + int(bad[0])} holds "
-                                 f"{values[bad[0]].item()!r}; labels must be 0 or 1")
-            label[row:row + m] = values
-        row += m
+            label[row:row + m] = _labels(record_batch.column("label"), path, row)
     pa.default_memory_pool().release_unused()
     if seq is None:  # empty file
         seq = np.zeros((0, 0), dtype=np.int32)
@@ -348,6 +194,15 @@ def load_split(data_dir: Union[str, Path], split: str, max_len: int = 64) -> CTR
         path=str(path),
         seq_len_in_file=int(width),
     )
+
+
+def _labels(column: pa.Array, path: Path, first_row: int) -> np.ndarray:
+    values = scalar_to_numpy(column, path, "label", first_row)
+    bad = np.flatnonzero((values != 0) & (values != 1))
+    if bad.size:
+        raise DatasetError(f"{path}: column 'label' row {first_row + int(bad[0])} holds "
+                           f"{values[bad[0]].item()!r}; labels must be 0 or 1")
+    return values
 
 
 def check_ids(split: CTRSplit, table: ItemTable, num_levels: int = 11) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctr_eval._io import atomic_path
+from ctr_eval.format import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ a busy machine cannot change the summation order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -55,13 +56,14 @@ from accelerate import Accelerator
 from accelerate.utils import send_to_device, set_seed
 from tqdm.auto import tqdm
 
-from ctr_eval import _io
+from ctr_eval.format import atomic_path, item_table_fingerprint, write_json
 from ctr_eval._runtime import (RunOptions, global_batch_norm, global_batches, make_accelerator,
                                predict_probs, prepare, process_bounds)
-from ctr_eval.config import config_to_dict
+from ctr_eval.config import config_hash, config_to_dict
 from ctr_eval.layers import DropoutPlan, set_dropout_plan
 from ctr_eval.metrics import auc as exact_auc
 from ctr_eval.metrics import logloss as clipped_logloss
+from ctr_eval.models import build_model, model_name_of
 
 logger = logging.getLogger(__name__)
 
@@ -106,42 +108,45 @@ def early_stop_step(state: TrainState, record: dict[str, Any], config: Any) -> b
 
 
 def table_fingerprint(tags: torch.Tensor, emb: torch.Tensor) -> str:
-    """sha256 (16 hex) of the item table's bytes: ties a run dir to the embedding it used."""
-    import hashlib
+    """The item table's fingerprint (:func:`ctr_eval.format.item_table_fingerprint`)."""
+    return item_table_fingerprint(tags.detach().cpu().numpy(), emb.detach().cpu().numpy())
 
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(tags.cpu().numpy().astype(np.int64)).tobytes())
-    h.update(np.ascontiguousarray(emb.cpu().numpy().astype(np.float32)).tobytes())
-    return h.hexdigest()[:16]
+
+def torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` to ``path``, atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 class Trainer:
     """Fits one model on a train split, validates each epoch, keeps the best weights.
 
-    ``model_factory(config, item_table)`` builds the nn.Module: forward(batch) -> logits (B,),
-    ``loss(logits, labels)``, ``regularization_loss()`` -> scalar and ``dropout_row_counts(batch)``
-    (see :class:`ctr_eval.models.CTRModel`). ``run_dir`` receives run.json, the epoch and best
-    checkpoints and result.json; an existing compatible run there is resumed.
+    The model's name, its config hash and how to build it all follow from ``config`` (a
+    registered model's config: see :mod:`ctr_eval.models`). ``model_factory(config,
+    item_table)``, for tests and benchmarks, replaces the registered model: an nn.Module
+    with forward(batch) -> logits (B,), ``loss(logits, labels)``, ``regularization_loss()``
+    and ``dropout_row_counts(batch)`` (see :class:`ctr_eval.models.CTRModel`). ``run_dir``
+    receives run.json, the epoch and best checkpoints and result.json; an existing
+    compatible run there is resumed.
     """
 
     def __init__(
         self,
-        model_name: str,
         config: Any,
-        config_hash: str,
         item_table: Any,
-        model_factory: Any,
         train_split: Any,
         valid_split: Any,
         run_dir: str | os.PathLike,
         options: RunOptions | None = None,
         meta: dict[str, Any] | None = None,
+        model_factory: Any = None,
     ) -> None:
-        self.model_name = model_name
+        self.model_name = model_name_of(config)
         self.config = config
-        self.config_hash = config_hash
+        self.config_hash = config_hash(config)
         self.item_table = item_table
-        self.model_factory = model_factory
+        self.model_factory = model_factory or functools.partial(build_model, self.model_name)
         self.train_split = train_split
         self.valid_split = valid_split
         self.run_dir = Path(run_dir)
@@ -188,9 +193,9 @@ class Trainer:
         resume = self._check_run_dir()
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _io.write_json(self.run_dir / RUN_FILE, self._run_record(acc))
+            write_json(self.run_dir / RUN_FILE, self._run_record(acc))
             if not (self.run_dir / ITEM_TABLE_FILE).exists():
-                _io.torch_save(self.run_dir / ITEM_TABLE_FILE,
+                torch_save(self.run_dir / ITEM_TABLE_FILE,
                                {"tags": self.item_table.tags.cpu(), "emb": self.item_table.emb.cpu(),
                                 "fingerprint": self.fingerprint})
         logger.info("model %s, config (hash %s): %s", self.model_name, self.config_hash,
@@ -233,7 +238,7 @@ class Trainer:
         self.accelerator = acc
         result = self._result(acc, state, stopped)
         if acc.is_main_process:
-            _io.write_json(self.run_dir / RESULT_FILE, result)
+            write_json(self.run_dir / RESULT_FILE, result)
         acc.wait_for_everyone()
         logger.info("best valid AUC %.6f logloss %.6f at epoch %d of %d (%s)", result["valid_auc"],
                     result["valid_logloss"], result["best_epoch"], result["epochs_run"], stopped)
@@ -294,7 +299,7 @@ class Trainer:
         cfg = self.config
         improved = early_stop_step(state, record, cfg)
         if improved and acc.is_main_process:
-            _io.torch_save(self.run_dir / BEST_CHECKPOINT, {
+            torch_save(self.run_dir / BEST_CHECKPOINT, {
                 "model": _cpu_state(core), "model_name": self.model_name, "epoch": record["epoch"],
                 "config": config_to_dict(cfg), "config_hash": self.config_hash,
                 "item_table_fingerprint": self.fingerprint, "valid_auc": record["valid_auc"],
@@ -308,7 +313,7 @@ class Trainer:
 
     def _save_epoch_checkpoint(self, acc: Accelerator, core: Any, optimizer: Any, state: TrainState) -> None:
         if acc.is_main_process:
-            _io.torch_save(self.run_dir / LAST_CHECKPOINT, {
+            torch_save(self.run_dir / LAST_CHECKPOINT, {
                 "model": _cpu_state(core), "optimizer": optimizer.state_dict(),
                 "state": dataclasses.asdict(state), "config_hash": self.config_hash,
                 "item_table_fingerprint": self.fingerprint,

@@ -20,12 +20,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mmembed._io import atomic_path
-from mmembed.item_info import _tags_from, check_item_info, write_item_info  # noqa: F401 (re-exported)
+from ctr_eval.format import atomic_path
+from mmembed.item_info import tags_from, check_item_info, write_item_info  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ItemEmbeddings", "check_item_info", "extract", "parse_spec", "write_item_info"]
+__all__ = [
+    "ItemEmbeddings", "build_head", "check_item_info", "check_widths", "extract", "format_spec",
+    "parse_spec", "write_item_info",
+]
 
 EMBEDDINGS_FILE = "embeddings.npz"
 PROVENANCE_FILE = "provenance.json"
@@ -125,13 +128,8 @@ class ItemEmbeddings:
 
             source_info = find_layout(self.source_dir).item_info
             like = source_info if source_info.is_file() else None
-        tags = _tags_from(like, len(self)) if like is not None else None
+        tags = tags_from(like, len(self)) if like is not None else None
         return write_item_info(path, self.ids, self.vectors, tags if tags is not None else self.tags)
-
-
-_EXTRACT_OPTIONS = (
-    "cache_dir", "batch_size", "num_workers", "progress", "shard_size", "sequences", "images",
-)
 
 
 def extract(
@@ -139,7 +137,14 @@ def extract(
     encoders: str | Sequence[Any] = ("sbert", "clip"),
     fusion: str | Mapping[str, Any] | Any | None = "concat_pca",
     dim: int | None = 128,
-    **options: Any,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+    shard_size: int = 4096,
+    sequences: Any = None,
+    images: Any = "auto",
 ) -> ItemEmbeddings:
     """Encode every item with each encoder (cached) and fuse to ``dim``-d vectors.
 
@@ -149,78 +154,100 @@ def extract(
     fusion: a fusion head name, a ``{"name": ..., **params}`` dict, a FusionHead, or None
         (the encoders' features concatenated as they are; ``dim`` must then be None or
         their total width).
-    dim: output width, passed to the fusion head.
-    Options: cache_dir (feature cache root), batch_size, num_workers (encoder DataLoader
-        workers), progress (bars, main process only; default True), shard_size (items
-        per cache shard), sequences (user sequences for heads that learn from them),
-        images ("auto", None or a path; dataset directories only).
+    dim: output width (a positive integer), passed to the fusion head; None lets the
+        head (or the spec's own "dim") decide.
+    cache_dir: feature cache root (default ``$MMEMBED_CACHE`` or ~/.cache/mmembed/features).
+    batch_size, num_workers: passed to each encoder (num_workers: DataLoader workers).
+    progress: progress bars, main process only.
+    shard_size: items per cache shard (the default is ``mmembed.cache.DEFAULT_SHARD_SIZE``).
+    sequences: user sequences, for fusion heads that learn from them.
+    images: "auto", None or a path to the covers; dataset directories only.
+
+    Everything that bad input can break (encoder specs and weights, fusion, dim, the
+    data) is checked before any model runs.
     """
-    unknown = sorted(set(options) - set(_EXTRACT_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"extract() got unknown option(s) {unknown}; valid: data, encoders, fusion, dim, "
-            f"{', '.join(_EXTRACT_OPTIONS)}"
-        )
-    from mmembed.cache import DEFAULT_SHARD_SIZE, encode_cached
+    built, labels, head = _build_models(encoders, fusion, dim)
+    catalog, source_dir, source = _as_catalog(data, images, progress)
+    if head is not None and head.uses_sequences and sequences is None:
+        raise ValueError(f"fusion {head.name!r} learns from user sequences: pass sequences=...")
+
+    fingerprint = catalog.fingerprint()  # stats every image file: once, not per encoder
+    features = _encode_all(
+        built, labels, catalog, fingerprint,
+        cache_dir=cache_dir, shard_size=shard_size, batch_size=batch_size,
+        num_workers=num_workers, progress=progress,
+    )
+    if head is None:
+        vectors = np.concatenate([f.vectors for f in features.values()], axis=1)
+    else:
+        vectors = head.fit_transform(features, sequences)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    data_record = {"source": source, "fingerprint": fingerprint, "n_items": len(catalog)}
+    return ItemEmbeddings(
+        ids=np.asarray(catalog.item_ids, dtype=np.int64).copy(),
+        vectors=vectors,
+        provenance=_provenance(built, labels, features, head, vectors, data_record),
+        valid={label: f.valid for label, f in features.items()},
+        tags=np.asarray(catalog.tags, dtype=np.int64).copy(),
+        source_dir=source_dir,
+    )
+
+
+def _build_models(encoders: Any, fusion: Any, dim: int | None) -> tuple[list[Any], list[str], Any]:
+    """(encoders, their labels, fusion head or None), every width rule checked."""
     from mmembed.encoders import Encoder, create_encoder
 
-    # Everything that can fail on bad input fails here, before any model runs.
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1):
+        raise ValueError(f"dim must be a positive integer or None, got {dim!r}")
     specs = [encoders] if isinstance(encoders, (str, Mapping, Encoder)) else list(encoders)
     built = [create_encoder(spec) for spec in specs]
     if not built:
         raise ValueError("extract() needs at least one encoder")
-    labels = _labels([e.name for e in built])
-    head = _build_head(fusion, dim)
-    if head is None and dim is not None and sum(e.dim for e in built) != dim:
+    head = build_head(fusion, dim)
+    check_widths(head, [e.dim for e in built], dim)
+    return built, _labels([e.name for e in built]), head
+
+
+def check_widths(head: Any, widths: Sequence[int], dim: int | None) -> None:
+    """Refuse, before any model runs, a width the fusion cannot give from these features."""
+    total = int(sum(widths))
+    if head is None and dim is not None and total != dim:
         raise ValueError(
-            f"fusion=None keeps the encoders' features as they are ({sum(e.dim for e in built)} "
+            f"fusion=None keeps the encoders' features as they are ({total} "
             f"dims in all), but dim={dim}; pass dim=None or choose a fusion head"
         )
-    catalog, source_dir, source = _as_catalog(data, options.get("images", "auto"), options.get("progress", True))
-    if head is not None and head.uses_sequences and options.get("sequences") is None:
-        raise ValueError(f"fusion {head.name!r} learns from user sequences: pass sequences=...")
+    from mmembed.fusion.concat_pca import ConcatPCA
 
-    fingerprint = catalog.fingerprint()  # stats every image file: once, not per encoder
-    features = {}
-    for label, encoder in zip(labels, built):
-        features[label] = encode_cached(
-            encoder, catalog,
-            cache_dir=options.get("cache_dir"),
-            shard_size=options.get("shard_size", DEFAULT_SHARD_SIZE),
-            batch_size=options.get("batch_size"),
-            progress=options.get("progress", True),
-            num_workers=options.get("num_workers"),
-            fingerprint=fingerprint,
+    if isinstance(head, ConcatPCA) and head.dim > total:
+        raise ValueError(
+            f"concat_pca: dim={head.dim} exceeds the number of concatenated features "
+            f"({total} from encoders of widths {list(widths)}); choose dim <= {total}"
         )
-    if head is None:
-        vectors = np.concatenate([f.vectors for f in features.values()], axis=1)
-    else:
-        vectors = head.fit_transform(features, options.get("sequences"))
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
 
+
+def _encode_all(built: list[Any], labels: list[str], catalog: Any, fingerprint: str,
+                **options: Any) -> dict[str, Any]:
+    """{label: EncodedFeatures}, each through the feature cache (``options``: encode_cached's)."""
+    from mmembed.cache import encode_cached
+
+    return {
+        label: encode_cached(encoder, catalog, fingerprint=fingerprint, **options)
+        for label, encoder in zip(labels, built)
+    }
+
+
+def _provenance(built: list[Any], labels: list[str], features: dict[str, Any], head: Any,
+                vectors: np.ndarray, data_record: dict[str, Any]) -> dict[str, Any]:
     from mmembed import __version__
 
-    encoder_records = []
-    for label, encoder in zip(labels, built):
-        info = features[label].info
-        encoder_records.append({
-            "label": label,
-            "name": encoder.name,
-            "config": encoder.config(),
-            "weights_id": encoder.weights_id(),
-            "untrained": bool(encoder.is_random_init),
-            "dim": int(features[label].vectors.shape[1]),
-            "n_valid": int(features[label].valid.sum()),
-            "n_missing": int((~features[label].valid).sum()),
-            "cache_dir": info.get("cache", {}).get("dir"),
-        })
+    encoder_records = [_encoder_record(label, e, features[label]) for label, e in zip(labels, built)]
     untrained = [r["label"] for r in encoder_records if r["untrained"]]
     if untrained:
         logger.warning("extract: encoder(s) %s ran with RANDOM (untrained) weights", untrained)
-    provenance = {
+    return {
         "mmembed_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": {"source": source, "fingerprint": fingerprint, "n_items": len(catalog)},
+        "data": data_record,
         "encoders": encoder_records,
         "fusion": None if head is None else {
             "name": head.name,
@@ -230,14 +257,20 @@ def extract(
         "dim": int(vectors.shape[1]),
         "untrained": bool(untrained),
     }
-    return ItemEmbeddings(
-        ids=np.asarray(catalog.item_ids, dtype=np.int64).copy(),
-        vectors=vectors,
-        provenance=provenance,
-        valid={label: f.valid for label, f in features.items()},
-        tags=np.asarray(catalog.tags, dtype=np.int64).copy(),
-        source_dir=source_dir,
-    )
+
+
+def _encoder_record(label: str, encoder: Any, features: Any) -> dict[str, Any]:
+    return {
+        "label": label,
+        "name": encoder.name,
+        "config": encoder.config(),
+        "weights_id": encoder.weights_id(),
+        "untrained": bool(encoder.is_random_init),
+        "dim": int(features.vectors.shape[1]),
+        "n_valid": int(features.valid.sum()),
+        "n_missing": int((~features.valid).sum()),
+        "cache_dir": features.info.get("cache", {}).get("dir"),
+    }
 
 
 def parse_spec(text: str) -> str | dict[str, Any]:
@@ -274,6 +307,34 @@ def parse_spec(text: str) -> str | dict[str, Any]:
     return spec
 
 
+def format_spec(spec: str | Mapping[str, Any]) -> str:
+    """The command-line spelling of an encoder or fusion spec; ``parse_spec`` reads it back.
+
+    {"name": "clip", "pretrained": None, "towers": "image"} -> "clip:pretrained=None,towers=image".
+    """
+    if isinstance(spec, str):
+        return spec
+    options = {k: v for k, v in spec.items() if k != "name"}
+    if not options:
+        return str(spec["name"])
+    items = [f"{key}={_format_value(value)}" for key, value in options.items()]
+    text = f"{spec['name']}:{','.join(items)}"
+    if parse_spec(text) != dict(spec):  # a value with "," or one JSON would misread
+        return json.dumps(dict(spec))
+    return text
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError:
+            return value  # parse_spec keeps text that is not JSON as it is
+    return json.dumps(value)
+
+
 def _labels(names: list[str]) -> list[str]:
     """Encoder names, made unique ("sbert", "sbert:2") when one is used twice."""
     seen: dict[str, int] = {}
@@ -284,7 +345,8 @@ def _labels(names: list[str]) -> list[str]:
     return labels
 
 
-def _build_head(fusion: Any, dim: int | None) -> Any:
+def build_head(fusion: Any, dim: int | None) -> Any:
+    """A FusionHead from a name, a dict spec or an instance (None stays None), of width ``dim``."""
     if fusion is None:
         return None
     from mmembed.fusion import FusionHead, create_fusion

@@ -27,19 +27,21 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from mmembed._distributed import current_process
-from mmembed._io import atomic_path
+from ctr_eval.format import atomic_path
 from mmembed.encoders.base import EncodedFeatures
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
+    "CacheWriteError",
     "default_cache_dir",
     "encode_cached",
     "feature_key",
@@ -50,6 +52,18 @@ CACHE_FORMAT = 1
 DEFAULT_SHARD_SIZE = 4096
 MANIFEST = "manifest.json"
 _IDS_SHOWN = 5
+
+
+class CacheWriteError(OSError):
+    """A feature-cache file could not be written (disk full, no permission, ...).
+
+    ``filename`` is the file; ``errno``/``strerror`` say why. Every cache file is written
+    to a temporary name and renamed, so the shards already there stay whole and a rerun
+    (with space) computes only the missing ones.
+    """
+
+    def __str__(self) -> str:
+        return f"cannot write feature cache file {self.filename}: {self.strerror}"
 
 
 def default_cache_dir() -> Path:
@@ -112,6 +126,14 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); delete {folder} to recompute") from None
+
+
+def _save(path: Path, write: Callable[..., None], *args: Any) -> None:
+    """``write(path, *args)``, an OSError on the way re-raised as CacheWriteError naming ``path``."""
+    try:
+        write(path, *args)
+    except OSError as err:
+        raise CacheWriteError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -181,16 +203,58 @@ def encode_cached(
     fingerprint: ``catalog.fingerprint()`` when already computed (else computed here).
     progress: a progress bar over items, on the main process only.
     Returns EncodedFeatures with ``info["cache"]`` = {dir, key, hit, shards, computed}.
+    A cache file that cannot be written raises :class:`CacheWriteError` naming it.
     """
     shard_size = _check_positive_int(shard_size, "shard_size")
-    n_items = len(catalog)
     key, parts = feature_key(encoder, catalog, fingerprint)  # resolves weights and fingerprint: fails early
-    if n_items == 0:
+    if len(catalog) == 0:
         return encoder.encode(catalog, batch_size=batch_size, progress=False, num_workers=num_workers)
     root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
-    folder = root / f"{encoder.name}-{key}"
-    item_ids = np.asarray(catalog.item_ids, dtype=np.int64)
+    entry = _open_entry(root / f"{encoder.name}-{key}", key, parts, len(catalog), shard_size)
+    missing = [r for r in entry.ranges if not _shard_path(entry.folder, *r).is_file()]
+    process = current_process()
+    if missing:
+        _fill_missing(entry, encoder, catalog, missing, process,
+                      batch_size=batch_size, num_workers=num_workers, progress=progress)
+    else:
+        logger.info("%s: features found in the cache (%s)", encoder.name, entry.folder)
+    features = _read_entry(entry, np.asarray(catalog.item_ids, dtype=np.int64))
+    features.info["cache"] = {
+        "dir": str(entry.folder),
+        "key": key,
+        "hit": not missing,
+        "shards": len(entry.ranges),
+        "computed": len(missing),
+    }
+    if process.is_main:
+        _mark_complete(entry, features)
+    if not missing and features.info["n_missing"]:
+        logger.warning(
+            "%s: %d of %d cached items lack the input this encoder needs (valid=False, "
+            "zero rows; first item ids: %s)",
+            encoder.name, features.info["n_missing"], entry.n_items, features.info["missing_ids_head"],
+        )
+    return features
 
+
+@dataclass
+class _Entry:
+    """One cache entry: its folder, key, size and shard layout, and its manifest if any."""
+
+    folder: Path
+    key: str
+    parts: dict[str, Any]
+    n_items: int
+    shard_size: int
+    manifest: dict[str, Any] | None
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        return [(s, min(s + self.shard_size, self.n_items)) for s in range(0, self.n_items, self.shard_size)]
+
+
+def _open_entry(folder: Path, key: str, parts: dict[str, Any], n_items: int, shard_size: int) -> _Entry:
+    """The entry in ``folder``; an existing manifest must match and fixes the shard size."""
     manifest = _read_manifest(folder)
     if manifest is not None:
         if manifest.get("key_parts") != parts or manifest.get("n_items") != n_items:
@@ -204,79 +268,84 @@ def encode_cached(
                 folder, manifest["shard_size"], shard_size,
             )
             shard_size = int(manifest["shard_size"])
-    ranges = [(s, min(s + shard_size, n_items)) for s in range(0, n_items, shard_size)]
-    missing = [r for r in ranges if not _shard_path(folder, *r).is_file()]
+    return _Entry(folder, key, parts, n_items, shard_size, manifest)
 
-    process = current_process()
-    if missing:
-        if manifest is None and process.is_main:
-            manifest = {
-                "key": key,
-                "key_parts": parts,
-                "n_items": n_items,
-                "shard_size": shard_size,
-                "n_shards": len(ranges),
-                "encoder": {
-                    "name": encoder.name,
-                    "config": parts["config"],
-                    "weights_id": parts["weights_id"],
-                    "untrained": bool(encoder.is_random_init),
-                },
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "complete": False,
-            }
-            _write_json(folder / MANIFEST, manifest)
-        # One-time image work (a RAR extraction) by the main process alone, then the
-        # others; the barrier also makes everyone list the missing shards before anyone
-        # writes one.
-        prepare = getattr(catalog, "prepare_images", None)
-        if process.is_main and callable(prepare):
-            prepare()
-        process.barrier()
-        if not process.is_main and callable(prepare):
-            prepare()
-        mine = missing[process.rank :: process.world_size]
-        if process.is_main:
-            logger.info(
-                "%s: computing %d of %d shards into %s%s",
-                encoder.name, len(missing), len(ranges), folder,
-                f" over {process.world_size} processes" if process.distributed else "",
-            )
-        _compute_shards(encoder, catalog, folder, mine, batch_size, num_workers,
-                        progress and process.is_main)
-        process.barrier()
-    else:
-        logger.info("%s: features found in the cache (%s)", encoder.name, folder)
 
-    vectors, valid, infos = None, np.zeros(n_items, dtype=bool), []
-    for start, stop in ranges:
-        path = _shard_path(folder, start, stop)
+def _new_manifest(entry: _Entry, encoder: Any) -> dict[str, Any]:
+    return {
+        "key": entry.key,
+        "key_parts": entry.parts,
+        "n_items": entry.n_items,
+        "shard_size": entry.shard_size,
+        "n_shards": len(entry.ranges),
+        "encoder": {
+            "name": encoder.name,
+            "config": entry.parts["config"],
+            "weights_id": entry.parts["weights_id"],
+            "untrained": bool(encoder.is_random_init),
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "complete": False,
+    }
+
+
+def _fill_missing(
+    entry: _Entry,
+    encoder: Any,
+    catalog: Any,
+    missing: list[tuple[int, int]],
+    process: Any,
+    *,
+    batch_size: int | None,
+    num_workers: int | None,
+    progress: bool,
+) -> None:
+    """Compute the missing shards, dealt round robin over the processes."""
+    if entry.manifest is None and process.is_main:
+        entry.manifest = _new_manifest(entry, encoder)
+        _save(entry.folder / MANIFEST, _write_json, entry.manifest)
+    # One-time image work (a RAR extraction) by the main process alone, then the others;
+    # the barrier also makes everyone list the missing shards before anyone writes one.
+    prepare = getattr(catalog, "prepare_images", None)
+    if process.is_main and callable(prepare):
+        prepare()
+    process.barrier()
+    if not process.is_main and callable(prepare):
+        prepare()
+    if process.is_main:
+        logger.info(
+            "%s: computing %d of %d shards into %s%s",
+            encoder.name, len(missing), len(entry.ranges), entry.folder,
+            f" over {process.world_size} processes" if process.distributed else "",
+        )
+    mine = missing[process.rank :: process.world_size]
+    _compute_shards(encoder, catalog, entry.folder, mine, batch_size, num_workers,
+                    progress and process.is_main)
+    process.barrier()
+
+
+def _read_entry(entry: _Entry, item_ids: np.ndarray) -> EncodedFeatures:
+    """Every shard of a complete entry, joined, with one info dict for the catalog."""
+    vectors, valid, infos = None, np.zeros(entry.n_items, dtype=bool), []
+    for start, stop in entry.ranges:
+        path = _shard_path(entry.folder, start, stop)
         if not path.is_file():
             raise RuntimeError(f"cache shard {path} is missing after extraction; another process failed?")
-        part, part_valid, info = _read_shard(path, item_ids[start:stop], None if vectors is None else vectors.shape[1])
+        dim = None if vectors is None else vectors.shape[1]
+        part, part_valid, info = _read_shard(path, item_ids[start:stop], dim)
         if vectors is None:
-            vectors = np.empty((n_items, part.shape[1]), dtype=np.float32)
+            vectors = np.empty((entry.n_items, part.shape[1]), dtype=np.float32)
         vectors[start:stop] = part
         valid[start:stop] = part_valid
         infos.append(info)
-    info = _merge_info(infos, valid, item_ids)
-    info["cache"] = {
-        "dir": str(folder),
-        "key": key,
-        "hit": not missing,
-        "shards": len(ranges),
-        "computed": len(missing),
-    }
-    if process.is_main and manifest is not None and not manifest.get("complete"):
-        manifest.update(complete=True, dim=int(vectors.shape[1]), n_valid=info["n_valid"])
-        _write_json(folder / MANIFEST, manifest)
-    if not missing and info["n_missing"]:
-        logger.warning(
-            "%s: %d of %d cached items lack the input this encoder needs (valid=False, "
-            "zero rows; first item ids: %s)",
-            encoder.name, info["n_missing"], n_items, info["missing_ids_head"],
-        )
-    return EncodedFeatures(vectors, valid, info)
+    return EncodedFeatures(vectors, valid, _merge_info(infos, valid, item_ids))
+
+
+def _mark_complete(entry: _Entry, features: EncodedFeatures) -> None:
+    manifest = entry.manifest
+    if manifest is not None and not manifest.get("complete"):
+        manifest.update(complete=True, dim=int(features.vectors.shape[1]), n_valid=features.info["n_valid"])
+        _save(entry.folder / MANIFEST, _write_json, manifest)
 
 
 def _compute_shards(
@@ -298,7 +367,7 @@ def _compute_shards(
         for start, stop in ranges:
             subset = catalog.subset(np.arange(start, stop))
             features = encoder.encode(subset, batch_size=batch_size, progress=progress, num_workers=num_workers)
-            _write_shard(_shard_path(folder, start, stop), features, item_ids[start:stop])
+            _save(_shard_path(folder, start, stop), _write_shard, features, item_ids[start:stop])
             if bar is not None:
                 bar.update(stop - start)
     finally:

@@ -100,8 +100,10 @@ def test_unknown_key_names_the_nearest_valid_one():
 
 
 def test_unknown_model_lists_known_models():
-    with pytest.raises(ValueError, match=r"unknown model 'dinn'; known models: \['din', 'transact_dcn'\]; "
-                                         r"did you mean 'din'\?"):
+    from ctr_eval.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match=r"unknown model 'dinn'\. Did you mean 'din'\? "
+                                               r"Known models: din, transact_dcn"):
         resolve_config("dinn")
 
 

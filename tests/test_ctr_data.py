@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ctr_eval.data import check_ids, find_data_files, load_item_table, load_split
+from ctr_eval.data import check_ids, load_item_table, load_split
+from ctr_eval.format import find_layout
 
 N_ITEMS = 30
 SEQ_LEN = 8
@@ -72,19 +73,19 @@ def dataset(tmp_path):
     return root, make_dataset(root)
 
 
-def test_find_data_files_accepts_root_or_split_dir(dataset):
+def test_find_layout_accepts_root_or_split_dir(dataset):
     root, _ = dataset
-    files = find_data_files(root)
+    files = find_layout(root)
     assert files.root == root and files.split_dir == root / "MicroLens_1M_x1"
-    inner = find_data_files(root / "MicroLens_1M_x1")
+    inner = find_layout(root / "MicroLens_1M_x1")
     assert inner.root == root and inner.split("valid") == root / "MicroLens_1M_x1" / "valid.parquet"
 
 
-def test_find_data_files_refuses_other_folders(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"does not exist"):
-        find_data_files(tmp_path / "nope")
+def test_find_layout_refuses_other_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data directory not found"):
+        find_layout(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match=r"holds neither MicroLens_1M_x1/ nor"):
-        find_data_files(tmp_path)
+        find_layout(tmp_path)
 
 
 def test_load_split_keeps_last_positions_as_int32(dataset):
@@ -127,7 +128,7 @@ def test_split_with_bad_label_is_refused(tmp_path):
     labels[17] = 2
     pq.write_table(table.set_column(table.schema.get_field_index("label"), "label",
                                     pa.array(labels)), path, row_group_size=7)
-    with pytest.raises(ValueError, match=r"train.parquet: column label, row 17 holds 2; labels must be 0 or 1"):
+    with pytest.raises(ValueError, match=r"train.parquet: column 'label' row 17 holds 2; labels must be 0 or 1"):
         load_split(root, "train")
 
 
@@ -136,15 +137,15 @@ def test_split_without_label_or_with_ragged_history_is_refused(tmp_path):
     make_dataset(root)
     split_dir = root / "MicroLens_1M_x1"
     _write_split(split_dir / "valid.parquet", np.ones((3, 4), int), np.ones(3, int), None)
-    with pytest.raises(ValueError, match=r"valid.parquet: missing column\(s\) label"):
+    with pytest.raises(ValueError, match=r"valid.parquet: column 'label': missing column"):
         load_split(root, "valid")
     seq = [[1, 2, 3], [1, 2, 3], [4, 5]]
     pq.write_table(pa.table({"item_seq": pa.array(seq, pa.list_(pa.int64())),
                              "likes_level": [0, 1, 2], "views_level": [0, 1, 2],
                              "item_id": [1, 2, 3], "label": [0, 1, 0]}), split_dir / "train.parquet")
-    with pytest.raises(ValueError, match=r"train.parquet: column item_seq, row 2: list has 2 values, expected 3"):
+    with pytest.raises(ValueError, match=r"train.parquet: column 'item_seq' row 2: list of length 2, expected length 3"):
         load_split(root, "train")
-    with pytest.raises(FileNotFoundError, match=r"test split file .* does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"test.parquet: the test split file does not exist"):
         (split_dir / "test.parquet").unlink()
         load_split(root, "test")
 
@@ -181,9 +182,9 @@ def _bad_emb(arrays, kind):
 
 
 @pytest.mark.parametrize("kind, message", [
-    ("nan", r"row 5 \(item 5\), dimension 7 is nan \(embeddings must be finite: no NaN or inf\)"),
-    ("inf", r"row 6 \(item 6\), dimension 0 is inf"),
-    ("row0", r"row 0 is the padding item and must be all zeros"),
+    ("nan", r"column 'item_emb_d128' row 5: embedding values must be finite \(no NaN or inf\)"),
+    ("inf", r"column 'item_emb_d128' row 6: embedding values must be finite"),
+    ("row0", r"row 0 must be the all-zero padding item .*found item_emb_d128 with 1 non-zero values"),
 ])
 def test_bad_embedding_values_are_refused(dataset, tmp_path, kind, message):
     root, arrays = dataset
@@ -192,7 +193,7 @@ def test_bad_embedding_values_are_refused(dataset, tmp_path, kind, message):
         load_item_table(root, emb)
     path = tmp_path / f"{kind}.parquet"
     _write_item_info(path, arrays["tags"], emb)
-    with pytest.raises(ValueError, match=rf"{kind}.parquet: column item_emb_d128: " + message):
+    with pytest.raises(ValueError, match=rf"{kind}.parquet: " + message):
         load_item_table(root, path)
 
 
@@ -202,13 +203,13 @@ def test_wrong_width_and_row_count_are_refused(dataset, tmp_path):
         load_item_table(root, np.zeros((N_ITEMS + 1, 64), np.float32))
     path = tmp_path / "narrow.parquet"
     _write_item_info(path, arrays["tags"], np.zeros((N_ITEMS + 1, 64), np.float32))
-    with pytest.raises(ValueError, match=r"narrow.parquet: column item_emb_d128 has width 64; expected 128"):
+    with pytest.raises(ValueError, match=r"narrow.parquet: column 'item_emb_d128' row 0: list of length 64, expected length 128"):
         load_item_table(root, path)
     with pytest.raises(ValueError, match=r"embedding table has 21 rows but .*item_info.parquet describes 31 rows"):
         load_item_table(root, np.zeros((21, 128), np.float32))
     with pytest.raises(TypeError, match=r"item_info array must hold floats, got dtype int64"):
         load_item_table(root, np.zeros((N_ITEMS + 1, 128), np.int64))
-    with pytest.raises(FileNotFoundError, match=r"item_info file .*missing.parquet does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"missing.parquet: file not found"):
         load_item_table(root, tmp_path / "missing.parquet")
 
 
@@ -218,7 +219,7 @@ def test_item_info_rows_must_be_in_id_order(dataset, tmp_path):
     pq.write_table(pa.table({"item_id": np.r_[0, 2, 1, np.arange(3, N_ITEMS + 1)],
                              "item_emb_d128": pa.array([list(r) for r in arrays["emb"]], pa.list_(pa.float32()))}),
                    path)
-    with pytest.raises(ValueError, match=r"shuffled.parquet: column item_id, row 1 holds 2; row i must be item i"):
+    with pytest.raises(ValueError, match=r"shuffled.parquet: column 'item_id' row 1 holds 2: row i must hold item i"):
         load_item_table(root, path)
 
 

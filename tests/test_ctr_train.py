@@ -86,8 +86,8 @@ def _table():
 def _trainer(run_dir, max_epochs=None, **overrides):
     cfg = resolve_config("din", task1=False, **{"batch_size": 64, "epochs": 4, "net_dropout": 0.1,
                                                "learning_rate": 1e-2, **overrides})
-    return Trainer("din", cfg, config_hash(cfg), _table(), StandInModel, StandInSplit(800, 0),
-                   StandInSplit(300, 1), run_dir, RunOptions(max_epochs=max_epochs, progress=False))
+    return Trainer(cfg, _table(), StandInSplit(800, 0), StandInSplit(300, 1), run_dir,
+                   RunOptions(max_epochs=max_epochs, progress=False), model_factory=StandInModel)
 
 
 def test_global_batches_cover_every_row_once_and_split_across_processes():

@@ -171,3 +171,53 @@ def test_local_dir_model_folder(catalog, tmp_path):
     enc = create_encoder({"name": "clip", "model": f"local-dir:{folder}", "towers": "text"})
     assert not enc.is_random_init and enc.dim == 16
     np.testing.assert_allclose(enc.encode(catalog, progress=False).vectors, expected, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # expected
+def test_warning_names_the_lacking_input_and_why(tmp_path, caplog):
+    from test_images import oversized_jpeg
+
+    records = image_records(tmp_path, n=8)  # 3: no cover, 5: not a jpeg, 2: no title
+    (tmp_path / "7.jpg").write_bytes(b"")
+    (tmp_path / "8.jpg").write_bytes(oversized_jpeg())
+    records[6]["image"], records[7]["image"] = str(tmp_path / "7.jpg"), str(tmp_path / "8.jpg")
+    catalog = ItemCatalog.from_records(records)
+
+    def warning(**options) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mmembed.encoders"):
+            create_encoder(tiny_clip_spec(**options)).encode(catalog, progress=False, num_workers=0)
+        lines = [r.getMessage() for r in caplog.records if "valid=False" in r.getMessage()]
+        assert len(lines) == 1 and "image+text" not in lines[0]
+        return lines[0]
+
+    assert warning(towers="image").startswith(
+        "clip: 4 of 8 items lack a usable cover image (1 missing, 1 empty, 1 undecodable, "
+        "1 too large (over 40,000,000 pixels)); their rows are zeros and valid=False "
+        "(first item ids: [3, 5, 7, 8])")
+    assert warning(towers="text").startswith("clip: 1 of 8 items lack a title; their rows")
+    assert warning().startswith(
+        "clip: 5 of 8 items lack a usable cover image or a title (covers: 1 missing, 1 empty, "
+        "1 undecodable, 1 too large (over 40,000,000 pixels); titles: 1 empty);")
+    info = create_encoder(tiny_clip_spec()).encode(catalog, progress=False, num_workers=0).info
+    assert {k: v for k, v in info.items() if k.startswith("n_invalid_")} == {
+        "n_invalid_without_text": 1, "n_invalid_cover_missing": 1, "n_invalid_cover_empty": 1,
+        "n_invalid_cover_undecodable": 1, "n_invalid_cover_too_large": 1}
+
+
+def test_dict_config_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    from open_clip import factory
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    config = {**TINY_CLIP, "embed_dim": 12}  # a config no other test registered
+    enc = create_encoder(tiny_clip_spec(model=config, towers="text"))
+    assert enc.dim == 12 and enc._model_name in factory.list_models()
+    assert create_encoder(tiny_clip_spec(model=config, towers="text"))._model_name == enc._model_name
+    assert list(scratch.iterdir()) == []
+    # open_clip is not left scanning a folder or file that was temporary
+    assert not [p for p in factory._MODEL_CONFIG_PATHS if "mmembed-open-clip-" in str(p)]

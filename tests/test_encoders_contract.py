@@ -157,7 +157,7 @@ def test_create_encoder_specs_and_unknown_name():
         create_encoder("sbret")
     with pytest.raises(ValueError, match="has no 'name'"):
         create_encoder({"model": "x"})
-    with pytest.raises(TypeError, match="encoder spec must be a name, a dict with 'name' or an Encoder"):
+    with pytest.raises(TypeError, match="encoder spec must be a name, a mapping with 'name' or an instance of Encoder"):
         create_encoder(3)
     enc = create_encoder("sbert")
     assert create_encoder(enc) is enc

@@ -1,6 +1,7 @@
 """Image sources: stored RAR4 (written by tests/rar4.py), zip, folder precedence, safety."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -251,3 +252,67 @@ def test_summary_and_validator_with_a_rar(tiny_copy):
     assert (stats.checked, stats.missing, stats.undecodable) == (600, 600 - N_ARCHIVED, 0)
     assert stats.missing_ids == [13, 14, 15, 16, 17]
     assert summarize(tiny_copy)["images"]["example_size"] == [128, 128]  # extracted by now
+
+
+# ---- what counts as a usable cover: one decision for extraction and validation -----------
+
+def oversized_jpeg(side: int = 12_000) -> bytes:
+    """A valid few-hundred-byte JPEG whose SOF0 header then claims side x side pixels."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
+    data[sof + 5:sof + 9] = side.to_bytes(2, "big") * 2
+    return bytes(data)
+
+
+def test_truncated_jpeg_is_undecodable_in_full_and_reduced_decodes(tiny_copy):
+    from mmembed.datasets.images import OK, UNDECODABLE, decode_cover
+
+    cover = tiny_copy / "item_images" / "4.jpg"
+    data = cover.read_bytes()
+    image, status = decode_cover(data)
+    assert status == OK and image.size == (128, 128)
+    small, status = decode_cover(data, reduced=True)
+    assert status == OK and small.size == (16, 16)  # JPEG decoded at 1/8 scale
+    for cut in (len(data) // 2, len(data) - 8):
+        assert decode_cover(data[:cut]) == (None, UNDECODABLE)
+        assert decode_cover(data[:cut], reduced=True) == (None, UNDECODABLE)
+    cover.write_bytes(data[:len(data) // 2])
+    assert ItemCatalog.from_dir(tiny_copy).load_image(3) is None
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # expected
+def test_oversized_cover_is_refused_from_its_header(tiny_copy, monkeypatch):
+    from PIL import Image, ImageFile
+
+    from mmembed.datasets.images import MAX_COVER_PIXELS, TOO_LARGE, decode_cover
+
+    data = oversized_jpeg()
+    assert len(data) < 1000 and 12_000 ** 2 > MAX_COVER_PIXELS
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.size == (12_000, 12_000)
+
+    def no_decoding(self):
+        raise AssertionError("an oversized cover was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    assert decode_cover(data) == (None, TOO_LARGE)
+    assert decode_cover(data, reduced=True) == (None, TOO_LARGE)
+    (tiny_copy / "item_images" / "6.jpg").write_bytes(data)
+    assert ItemCatalog.from_dir(tiny_copy).load_image(5) is None
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # expected
+def test_classify_covers_by_reason(tiny_copy):
+    from mmembed.datasets.images import FolderImageSource, classify_covers
+
+    images = tiny_copy / "item_images"
+    (images / "2.jpg").unlink()
+    (images / "3.jpg").write_bytes(b"")
+    (images / "4.jpg").write_bytes((images / "4.jpg").read_bytes()[:900])
+    (images / "5.jpg").write_bytes(oversized_jpeg())
+    found = classify_covers(FolderImageSource(images), np.arange(1, 9))
+    assert found == {"missing": [2], "empty": [3], "undecodable": [4], "too large": [5]}

@@ -16,7 +16,7 @@ X1 = "MicroLens_1M_x1"
 
 def test_find_layout_from_root_and_x1(tiny_root):
     layout = find_layout(tiny_root)
-    assert layout.root == tiny_root.resolve() and layout.x1_dir == layout.root / X1
+    assert layout.root == tiny_root.resolve() and layout.split_dir == layout.root / X1
     assert layout.train == layout.root / X1 / "train.parquet"
     assert layout.item_feature == layout.root / "item_feature.parquet"
     assert all(layout.present().values())
@@ -31,7 +31,7 @@ def test_find_layout_errors(tmp_path):
         find_layout(tmp_path / "nope")
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ValueError)
     with pytest.raises(MissingFileError, match=r"holds neither MicroLens_1M_x1/ nor "
-                                               r"item_feature\.parquet nor train\.parquet"):
+                                               r"item_feature\.parquet nor train/valid/test/item_info\.parquet"):
         find_layout(tmp_path)
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(MissingFileError, match=r"file\.txt: not a directory"):

@@ -1,9 +1,9 @@
-"""The generic decorator registry (mmembed._registry)."""
+"""The generic decorator registry (ctr_eval.registry)."""
 from __future__ import annotations
 
 import pytest
 
-from mmembed._registry import Registry, UnknownNameError
+from ctr_eval.registry import Registry, UnknownNameError
 
 
 def _make():
@@ -65,3 +65,61 @@ def test_class_without_name_rejected():
         @reg.register()
         class Nameless:
             pass
+
+
+class _Base:
+    pass
+
+
+def _typed():
+    reg = Registry("gadget", base=_Base)
+
+    @reg.register("plain", flavour="sweet")
+    class Plain(_Base):
+        def __init__(self, size: int = 1, colour: str = "red"):
+            self.size, self.colour = size, colour
+
+    @reg.register("free")
+    class Free(_Base):
+        def __init__(self, **options):
+            self.options = options
+
+    return reg, Plain, Free
+
+
+def test_register_sets_name_and_attributes():
+    reg, plain, free = _typed()
+    assert plain.name == "plain" and plain.flavour == "sweet" and free.name == "free"
+
+
+def test_register_refuses_a_class_outside_the_base():
+    reg, _, _ = _typed()
+    with pytest.raises(TypeError, match="a gadget must be a subclass of _Base"):
+        @reg.register("stray")
+        class Stray:
+            pass
+    assert "stray" not in reg
+
+
+def test_create_from_name_mapping_or_instance():
+    reg, plain, free = _typed()
+    made = reg.create({"name": "plain", "size": 3}, colour="blue")
+    assert isinstance(made, plain) and (made.size, made.colour) == (3, "blue")
+    assert reg.create("plain").size == 1
+    assert reg.create(made) is made
+    assert reg.create("free", anything=2).options == {"anything": 2}  # **options: the class checks
+
+
+def test_create_refusals_name_what_is_valid():
+    reg, plain, _ = _typed()
+    with pytest.raises(TypeError, match=r"gadget 'plain' got unknown parameter\(s\) \['sise'\]; "
+                                        r"valid parameters: \['size', 'colour'\]"):
+        reg.create("plain", sise=2)
+    with pytest.raises(ValueError, match=r"has no 'name'.*one of \['free', 'plain'\]"):
+        reg.create({"size": 2})
+    with pytest.raises(TypeError, match="gadget spec must be a name, a mapping with 'name' or an instance of _Base"):
+        reg.create(3)
+    with pytest.raises(TypeError, match=r"cannot apply parameters \['size'\]"):
+        reg.create(plain(), size=2)
+    with pytest.raises(UnknownNameError, match="Did you mean 'plain'"):
+        reg.create("plian")

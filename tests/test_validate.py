@@ -291,3 +291,42 @@ def test_fixed_size_and_large_lists_are_accepted(tiny_copy):
     assert only_problem(check(tiny_copy, check_images=False)) == Problem(
         INFO, "item_emb_d128", 4, "embedding values must be finite (no NaN or inf); "
         "1 row breaks this: row 4")
+
+
+def test_truncated_cover_is_undecodable_as_in_extraction(tiny_copy):
+    from mmembed.datasets import ItemCatalog
+
+    cover = tiny_copy / "item_images" / "7.jpg"
+    cover.write_bytes(cover.read_bytes()[: cover.stat().st_size // 2])
+    assert ItemCatalog.from_dir(tiny_copy).load_image(6) is None  # extraction: unusable
+    stats = check(tiny_copy).image_stats
+    assert (stats.checked, stats.undecodable, stats.undecodable_ids) == (600, 1, [7])
+    assert stats.ok_count == 599
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # expected
+def test_oversized_covers_are_their_own_category(tiny_copy, monkeypatch):
+    from PIL import ImageFile
+
+    from test_images import oversized_jpeg
+
+    def no_decoding(self):
+        raise AssertionError("an oversized cover was decoded")
+
+    for item_id in (9, 11):
+        (tiny_copy / "item_images" / f"{item_id}.jpg").write_bytes(oversized_jpeg())
+    (tiny_copy / "item_images" / "12.jpg").write_bytes(b"not a jpeg")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    for item_id in range(1, 601):  # only the oversized covers stay in the folder
+        if item_id not in (9, 11, 12):
+            (tiny_copy / "item_images" / f"{item_id}.jpg").unlink()
+    report = check(tiny_copy)
+    stats = report.image_stats
+    assert (stats.too_large, stats.too_large_ids, stats.undecodable, stats.missing) == (2, [9, 11], 1, 597)
+    assert stats.ok_count == 0
+    assert ("1 undecodable (e.g. item ids [12]), 2 too large (over 40,000,000 pixels, "
+            "e.g. item ids [9, 11])") in report.format()
+    strict = check(tiny_copy, require_images=True)
+    assert strict.problems[-1].message == (
+        "2 of 600 items have an image over 40,000,000 pixels (refused without decoding), "
+        "e.g. item ids [9, 11] (require_images=True)")

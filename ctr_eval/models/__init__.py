@@ -1,5 +1,9 @@
 """CTR model registry: ``build_model(name, config, item_table)``, ``list_models()``.
 
+A model registers with its config class, ``@register_model("din", config_class=DINConfig)``;
+that is the one place its name lives: :func:`ctr_eval.config.resolve_config` and the
+trainer find the config class and the model name through :data:`MODELS`.
+
 Every model maps a batch dict (item_id, likes_level, views_level, item_seq long; label
 ignored) to logits (B,) float. ``model.predict(batch)`` applies the sigmoid;
 ``model.loss(logits, labels)`` is the training loss; ``model.regularization_loss()``
@@ -14,37 +18,17 @@ clamped at -100) rather than as BCE-with-logits would.
 """
 from __future__ import annotations
 
-import difflib
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CONFIG_CLASSES, DINConfig, TransActConfig, parse_regularizer
+from ..config import DINConfig, TransActConfig, parse_regularizer
 from ..data import ItemTable
 from ..layers import ItemEncoder, batch_unique, fuxictr_reset_linear, norm_penalty
+from ..registry import Registry
 
-__all__ = ["build_model", "list_models", "register_model", "ctr_loss", "CTRModel"]
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(name: str):
-    """Class decorator adding a model under ``name``."""
-
-    def wrap(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = cls
-        cls.registry_name = name
-        return cls
-
-    return wrap
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+__all__ = ["MODELS", "build_model", "config_class", "list_models", "model_name_of",
+           "register_model", "ctr_loss", "CTRModel"]
 
 
 def ctr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -56,10 +40,13 @@ def ctr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class CTRModel(nn.Module):
-    """Shared parts: the item encoder and level embeddings both models build the same
+    """Base of the registered CTR models. Shared parts: the item encoder and level embeddings both models build the same
     way (FuxiCTR's FeatureEmbeddingDict over the challenge's features), FuxiCTR's init,
     its regularization split, predict and loss."""
 
+    #: set by ``register_model(name, config_class=...)``
+    name: str = ""
+    config_class: type = type(None)
     config: DINConfig | TransActConfig
 
     def _build_embeddings(self, config, item_table: ItemTable) -> None:
@@ -130,21 +117,39 @@ class CTRModel(nn.Module):
         return total
 
 
-def build_model(name: str, config=None, item_table: ItemTable | None = None, **kwargs) -> nn.Module:
+MODELS: Registry[type[CTRModel]] = Registry("model", base=CTRModel)
+
+#: ``@register_model("din", config_class=DINConfig)`` registers a CTRModel subclass.
+register_model = MODELS.register
+#: Registered model names, sorted.
+list_models = MODELS.names
+
+
+def config_class(name: str) -> type:
+    """The frozen config class of model ``name`` (unknown name -> UnknownNameError)."""
+    return MODELS.get(name).config_class
+
+
+def model_name_of(config: object) -> str:
+    """The registered name of the model whose config class ``config`` is an instance of."""
+    for name in MODELS.names():
+        if type(config) is MODELS.get(name).config_class:
+            return name
+    known = ", ".join(MODELS.get(n).config_class.__name__ for n in MODELS.names())
+    raise TypeError(f"expected the config of a registered model ({known}), got {type(config).__name__}")
+
+
+def build_model(name: str, config=None, item_table: ItemTable | None = None, **kwargs) -> CTRModel:
     """Instantiate model ``name`` from its config (default config when None)."""
-    if name not in _REGISTRY:
-        near = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"unknown model {name!r}; known models: {list_models()}{hint}")
-    expected = CONFIG_CLASSES[name]
+    cls = MODELS.get(name)
     if config is None:
-        config = expected()
-    if not isinstance(config, expected):
-        raise TypeError(f"model {name!r} needs a {expected.__name__}, got {type(config).__name__}")
+        config = cls.config_class()
+    if not isinstance(config, cls.config_class):
+        raise TypeError(f"model {name!r} needs a {cls.config_class.__name__}, got {type(config).__name__}")
     if not isinstance(item_table, ItemTable):
         raise TypeError(f"item_table must be an ItemTable (see ctr_eval.data.load_item_table), "
                         f"got {type(item_table).__name__}")
-    return _REGISTRY[name](config, item_table, **kwargs)
+    return cls(config, item_table, **kwargs)
 
 
 # Register the built-in models (imported for their decorators).

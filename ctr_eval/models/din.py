@@ -32,7 +32,7 @@ from . import CTRModel, register_model
 logger = logging.getLogger(__name__)
 
 
-@register_model("din")
+@register_model("din", config_class=DINConfig)
 class DIN(CTRModel):
     def __init__(self, config: DINConfig, item_table: ItemTable, attention_impl: str = "exact") -> None:
         super().__init__()

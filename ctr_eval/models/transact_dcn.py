@@ -46,7 +46,7 @@ from . import CTRModel, register_model
 logger = logging.getLogger(__name__)
 
 
-@register_model("transact_dcn")
+@register_model("transact_dcn", config_class=TransActConfig)
 class TransActDCN(CTRModel):
     def __init__(self, config: TransActConfig, item_table: ItemTable) -> None:
         super().__init__()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .catalog import ItemCatalog
 from .interactions import Interactions, UserSequences, load_interactions, load_user_sequences
-from .layout import DatasetError, DatasetLayout, MissingFileError, find_layout
+from ctr_eval.format import DatasetError, DatasetLayout, MissingFileError, find_layout
 from .summary import format_summary, summarize
 from .validate import Problem, ValidationReport, validate_dataset
 

@@ -19,8 +19,8 @@ import pyarrow as pa
 from PIL import Image
 
 from .images import ImageSource, RarImageSource, open_image_source
-from .layout import (DatasetError, find_layout, list_to_matrix, read_columns,
-                     scalar_to_numpy)
+from ctr_eval.format import (DatasetError, find_layout, list_to_matrix, read_columns,
+                             scalar_to_numpy)
 
 logger = logging.getLogger(__name__)
 

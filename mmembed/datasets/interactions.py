@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .layout import (SPLITS, DatasetError, check_columns, find_layout, list_to_matrix,
-                     open_parquet, scalar_to_numpy)
+from ctr_eval.format import (SPLITS, DatasetError, check_columns, find_layout, list_to_matrix,
+                             open_parquet, scalar_to_numpy)
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from .images import RarImageSource, open_image_source
-from .layout import SPLITS, DatasetError, DatasetLayout, find_layout, open_parquet
+from ctr_eval.format import SPLITS, DatasetError, DatasetLayout, find_layout, open_parquet
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,9 @@
 
 ``validate_dataset(data_dir)`` reads every file by pyarrow batches and returns a
 :class:`ValidationReport`: each problem names the file, column and (0-based) row and says
-what would be valid. Image files that are missing, empty or undecodable are counted and
-listed; they are problems only with ``require_images=True``.
+what would be valid. Image files that are missing, empty, undecodable (judged by the same
+full decode extraction uses) or too large (over ``MAX_COVER_PIXELS``, refused before
+decoding) are counted and listed; they are problems only with ``require_images=True``.
 """
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageSource, open_image_source, verify_image
-from .layout import (EXPECTED_LAYOUT, SPLITS, DatasetError, DatasetLayout, MissingFileError,
-                     find_layout, open_parquet)
+from .images import MAX_COVER_PIXELS, ImageSource, classify_covers, open_image_source
+from ctr_eval.format import (EXPECTED_LAYOUT, SPLITS, DatasetError, DatasetLayout, MissingFileError,
+                             find_layout, open_parquet)
 from .validate_rules import (Context, Findings, check_item_emb, check_item_feature,
-                             check_item_info, check_split, check_user_sequences, item_count)
+                             check_item_info_file, check_split, check_user_sequences, item_count)
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +55,36 @@ class ImageStats:
     missing: int = 0
     empty: int = 0
     undecodable: int = 0
+    too_large: int = 0
     missing_ids: list[int] = field(default_factory=list)
     empty_ids: list[int] = field(default_factory=list)
     undecodable_ids: list[int] = field(default_factory=list)
+    too_large_ids: list[int] = field(default_factory=list)
 
     @property
     def ok_count(self) -> int:
-        return self.checked - self.missing - self.empty - self.undecodable
+        return self.checked - sum(getattr(self, kind) for kind in _IMAGE_KINDS)
 
     def format(self) -> str:
         if self.source is None:
             return "images: none found"
         parts = [f"images: {self.source}: {self.checked} checked, {self.ok_count} ok"]
-        for kind in ("missing", "empty", "undecodable"):
+        for kind in _IMAGE_KINDS:
             count = getattr(self, kind)
             if count:
-                parts.append(f"{count} {kind} (e.g. item ids {getattr(self, kind + '_ids')})")
+                limit = f"over {MAX_COVER_PIXELS:,} pixels, " if kind == "too_large" else ""
+                parts.append(f"{count} {kind.replace('_', ' ')} "
+                             f"({limit}e.g. item ids {getattr(self, kind + '_ids')})")
         return ", ".join(parts)
+
+
+# ImageStats attribute -> what require_images=True reports
+_IMAGE_KINDS = {
+    "missing": "have no image file",
+    "empty": "have an empty image file",
+    "undecodable": "have an image that cannot be decoded",
+    "too_large": f"have an image over {MAX_COVER_PIXELS:,} pixels (refused without decoding)",
+}
 
 
 @dataclass
@@ -113,25 +127,16 @@ def _check_images(ctx: Context, layout: DatasetLayout, item_ids: np.ndarray,
     except DatasetError as err:
         ctx.findings.add(ctx.name(source_path), None, None, str(err).split(": ", 1)[-1])
         return
-    sizes = source.sizes(item_ids)
-    stats.checked = len(item_ids)
-    missing, empty = item_ids[sizes < 0], item_ids[sizes == 0]
-    stats.missing, stats.missing_ids = len(missing), missing[:max_examples].tolist()
-    stats.empty, stats.empty_ids = len(empty), empty[:max_examples].tolist()
-    from tqdm.auto import tqdm
-
-    undecodable = []
     try:
-        for item_id in tqdm(item_ids[sizes > 0], desc="check images", unit="img",
-                            disable=not progress):
-            data = source.read(int(item_id))
-            if data is None or not verify_image(data):
-                undecodable.append(int(item_id))
+        found = classify_covers(source, item_ids, progress=progress)
     except DatasetError as err:  # e.g. a corrupt member while extracting a RAR
         ctx.findings.add(ctx.name(source_path), None, None, str(err).split(": ", 1)[-1])
-        stats.checked = 0
         return
-    stats.undecodable, stats.undecodable_ids = len(undecodable), undecodable[:max_examples]
+    stats.checked = len(item_ids)
+    for kind, ids in found.items():
+        attr = kind.replace(" ", "_")  # "too large" -> too_large
+        setattr(stats, attr, len(ids))
+        setattr(stats, attr + "_ids", ids[:max_examples])
 
 
 def _image_problems(ctx: Context, layout: DatasetLayout, stats: ImageStats) -> None:
@@ -140,8 +145,7 @@ def _image_problems(ctx: Context, layout: DatasetLayout, stats: ImageStats) -> N
                          f"no cover images found in {layout.root} (expected item_images/ "
                          f"holding {{item_id}}.jpg, item_images.zip or item_images.rar)")
         return
-    for kind, what in (("missing", "have no image file"), ("empty", "have an empty image file"),
-                       ("undecodable", "have an image that cannot be decoded")):
+    for kind, what in _IMAGE_KINDS.items():
         count = getattr(stats, kind)
         if count:
             ctx.findings.add(stats.source, None, None,
@@ -198,7 +202,7 @@ def validate_dataset(data_dir: str | os.PathLike, require_images: bool = False,
         notes.append("item id ranges not checked: neither item_info nor item_feature is readable")
 
     checks = {
-        "item_info": lambda path: check_item_info(ctx, path),
+        "item_info": lambda path: check_item_info_file(ctx, path),
         "item_feature": lambda path: check_item_feature(ctx, path),
         **{split: (lambda path, s=split: check_split(ctx, path, s)) for split in SPLITS},
         "item_emb": lambda path: check_item_emb(ctx, path),

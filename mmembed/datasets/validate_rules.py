@@ -15,14 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .layout import DatasetError, column_type_problems, open_parquet
+from ctr_eval.format import (EMBEDDING_DIM, ITEM_INFO_COLUMNS, LEVEL_MAX, TAGS_PER_ITEM,
+                             DatasetError, Violation, column_type_problems, embedding_violation,
+                             item_id_violation, iter_batches, open_parquet, padding_violation, tag_violation)
 
 logger = logging.getLogger(__name__)
 
 BATCH_ROWS = 65_536
-LEVEL_MAX = 10
-TAGS_PER_ITEM = 5
-EMB_DIM = 128
 
 
 @dataclass
@@ -174,14 +173,10 @@ def _iter_batches(ctx: Context, path: Path,
     wanted = [c for c in expected if c not in dict(bad)]
     if not wanted:
         return
-    start = 0
     try:
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
-            yield start, batch
-            start += batch.num_rows
-    except (pa.ArrowException, OSError) as err:
-        ctx.findings.add(file, None, start, f"cannot read rows from {start} on "
-                                            f"(truncated or corrupt file?): {err}")
+        yield from iter_batches(pf, path, BATCH_ROWS, wanted)
+    except DatasetError as err:
+        ctx.findings.add(file, None, None, str(err).split(": ", 1)[-1])
 
 
 def _has(batch: pa.RecordBatch, column: str) -> bool:
@@ -254,22 +249,22 @@ def _check_rows(ctx: Context, path: Path, expected: dict[str, str]) -> int:
     return n_rows
 
 
+def _flag(ctx: Context, file: str, violation: Violation, what: str = "found") -> None:
+    ctx.findings.flag(file, violation.column, violation.rule, violation.rows, violation.values, what)
+
+
 def _check_tags(ctx: Context, file: str, batch: pa.RecordBatch, start: int) -> tuple[np.ndarray, np.ndarray]:
     tags, rows, _ = list_matrix(ctx, file, "item_tags", batch.column("item_tags"), start,
                                 TAGS_PER_ITEM, fixed=True)
-    _flag_out_of_range(ctx, file, "item_tags", tags, rows, 0, ctx.tag_vocab - 1,
-                       f"tag ids must be in 0..{ctx.tag_vocab - 1} "
-                       f"(0 = padding, tag_vocab={ctx.tag_vocab})")
+    _flag(ctx, file, tag_violation(tags, rows, ctx.tag_vocab))
     return tags, rows
 
 
 def _check_embeddings(ctx: Context, file: str, batch: pa.RecordBatch, column: str,
                       start: int) -> tuple[np.ndarray, np.ndarray]:
-    emb, rows, _ = list_matrix(ctx, file, column, batch.column(column), start, EMB_DIM,
-                             fixed=True)
-    finite = np.isfinite(emb).all(axis=1)
-    ctx.findings.flag(file, column, "embedding values must be finite (no NaN or inf)",
-                      rows[~finite])
+    emb, rows, _ = list_matrix(ctx, file, column, batch.column(column), start, EMBEDDING_DIM,
+                               fixed=True)
+    _flag(ctx, file, embedding_violation(emb, rows, column))
     return emb, rows
 
 
@@ -281,29 +276,25 @@ def item_count(path: Path) -> int | None:
         return None
 
 
-def check_item_info(ctx: Context, path: Path) -> int:
+def check_item_info_file(ctx: Context, path: Path) -> int:
+    """item_info.parquet against the rules of :mod:`ctr_eval.format`; returns its rows."""
     file = ctx.name(path)
-    expected = {"item_id": "int", "item_tags": "int_list", "item_emb_d128": "float_list"}
     n_rows = 0
-    for start, batch in _iter_batches(ctx, path, expected):
+    for start, batch in _iter_batches(ctx, path, ITEM_INFO_COLUMNS):
         n_rows = start + batch.num_rows
+        row0: dict[str, np.ndarray | None] = {"item_tags": None, "item_emb_d128": None}
         if _has(batch, "item_id"):
             values, rows = _scalar(ctx, file, "item_id", batch.column("item_id"), start)
-            ctx.findings.flag(file, "item_id", "row i must hold item i (item_id == row index; "
-                              "row 0 = padding)", rows[values != rows], values[values != rows])
-        pad_parts = []
+            _flag(ctx, file, item_id_violation(values, rows))
         if _has(batch, "item_tags"):
             tags, rows = _check_tags(ctx, file, batch, start)
-            if start == 0 and len(rows) and rows[0] == 0 and np.any(tags[0] != 0):
-                pad_parts.append(f"item_tags {tags[0].tolist()}")
+            row0["item_tags"] = tags[0] if len(rows) and rows[0] == 0 else None
         if _has(batch, "item_emb_d128"):
             emb, rows = _check_embeddings(ctx, file, batch, "item_emb_d128", start)
-            if start == 0 and len(rows) and rows[0] == 0 and np.any(emb[0] != 0):
-                pad_parts.append(f"item_emb_d128 with {int(np.count_nonzero(emb[0]))} non-zero values")
-        if pad_parts:
-            ctx.findings.add(file, None, 0, "row 0 must be the all-zero padding item "
-                             "(item_id 0, item_tags all 0, item_emb_d128 all 0); found "
-                             + ", ".join(pad_parts))
+            row0["item_emb_d128"] = emb[0] if len(rows) and rows[0] == 0 else None
+        padding = padding_violation(row0["item_tags"], row0["item_emb_d128"])
+        if len(padding.rows):
+            ctx.findings.add(file, None, 0, padding.rule)
     return n_rows
 
 

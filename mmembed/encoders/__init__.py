@@ -11,63 +11,24 @@ Adding an encoder: subclass :class:`Encoder` in a new module and decorate it wit
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from typing import Any
 
-from .._registry import Registry, UnknownNameError
+from ctr_eval.registry import Registry, UnknownNameError
+
 from ..weights import WeightsNotAvailable
 from .base import EncodedFeatures, Encoder
 
-ENCODERS: Registry[type[Encoder]] = Registry("encoder")
+ENCODERS: Registry[type[Encoder]] = Registry("encoder", base=Encoder)
 
-
-def register_encoder(name: str | None = None):
-    """Class decorator: ``@register_encoder("sbert")`` registers an Encoder subclass."""
-    register = ENCODERS.register(name)
-
-    def decorator(cls: type[Encoder]) -> type[Encoder]:
-        if not (isinstance(cls, type) and issubclass(cls, Encoder)):
-            raise TypeError(f"register_encoder expects an Encoder subclass, got {cls!r}")
-        if name is not None and cls.name != name:
-            cls.name = name
-        return register(cls)
-
-    return decorator
-
-
-def get_encoder(name: str) -> type[Encoder]:
-    """The Encoder class registered as ``name`` (unknown name -> UnknownNameError)."""
-    return ENCODERS.get(name)
-
-
-def list_encoders() -> list[str]:
-    return ENCODERS.names()
-
-
-def create_encoder(spec: str | Mapping[str, Any] | Encoder, **options: Any) -> Encoder:
-    """Build an encoder from a name, a dict ``{"name": ..., **options}`` or an instance.
-
-    Keyword ``options`` override those in the dict. Unknown options raise TypeError.
-    """
-    if isinstance(spec, Encoder):
-        if options:
-            raise TypeError("create_encoder: options cannot be applied to an existing Encoder instance")
-        return spec
-    if isinstance(spec, str):
-        name, spec_options = spec, {}
-    elif isinstance(spec, Mapping):
-        if "name" not in spec:
-            raise ValueError(
-                f"encoder spec {dict(spec)!r} has no 'name'; expected e.g. "
-                f"{{'name': 'sbert', ...options}} with name one of {list_encoders()}"
-            )
-        spec_options = dict(spec)
-        name = spec_options.pop("name")
-    else:
-        raise TypeError(
-            f"encoder spec must be a name, a dict with 'name' or an Encoder, got {type(spec).__name__}"
-        )
-    cls = get_encoder(name)
-    return cls(**{**spec_options, **options})
+#: ``@register_encoder("sbert")`` registers an Encoder subclass under a name.
+register_encoder = ENCODERS.register
+#: The Encoder class registered as a name (unknown name -> UnknownNameError).
+get_encoder = ENCODERS.get
+#: Registered encoder names, sorted.
+list_encoders = ENCODERS.names
+#: An encoder from a name, a dict ``{"name": ..., **options}`` or an instance (passed
+#: through); keyword options override the dict's; unknown options raise TypeError.
+create_encoder = ENCODERS.create
 
 
 def encoder_info(name: str) -> dict[str, Any]:

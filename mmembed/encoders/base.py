@@ -134,6 +134,10 @@ class Encoder(ABC):
     def default_num_workers(self) -> int:
         return 0
 
+    def _describe_missing(self, info: dict) -> str:
+        """What the invalid items lack, for the WARNING; subclasses name the input and why."""
+        return f"the {'+'.join(self.modalities) or 'stored'} input this encoder needs"
+
     # ---- public API ----------------------------------------------------------------
     @property
     @abstractmethod
@@ -210,9 +214,9 @@ class Encoder(ABC):
         info = self._info(catalog, valid, extra)
         if info["n_missing"]:
             logger.warning(
-                "%s: %d of %d items lack the %s input this encoder needs; their rows are zeros "
-                "and valid=False (first item ids: %s)",
-                self.name, info["n_missing"], n_items, "+".join(self.modalities) or "stored",
+                "%s: %d of %d items lack %s; their rows are zeros and valid=False "
+                "(first item ids: %s)",
+                self.name, info["n_missing"], n_items, self._describe_missing(info),
                 info["missing_ids_head"],
             )
         return EncodedFeatures(vectors, valid, info)

@@ -25,15 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets.images import (COVER_PROBLEMS, MAX_COVER_PIXELS, MISSING, TOO_LARGE,
+                               UNDECODABLE, classify_covers)
 from ..weights import ResolvedWeights, WeightsNotAvailable, resolve_hub_file, resolve_model
 from . import register_encoder
 from ._images import collate_tensors, default_num_workers, iterate_image_batches
 from .base import Encoder, batched_positions, compose_texts, progress_bar
 
 logger = logging.getLogger(__name__)
-
-_CUSTOM_CONFIG_DIR: Path | None = None
-
 
 @register_encoder("clip")
 class ClipEncoder(Encoder):
@@ -174,23 +173,33 @@ class ClipEncoder(Encoder):
 
     def _encode(self, catalog, batch_size, progress, num_workers):
         towers = self.options["towers"]
-        n = len(catalog)
-        blocks, masks = [], []
+        blocks, masks = [], {}
         if towers in ("image", "both"):
-            vec, ok = self._encode_images(catalog, batch_size, progress, num_workers)
+            vec, masks["image"] = self._encode_images(catalog, batch_size, progress, num_workers)
             blocks.append(vec)
-            masks.append(ok)
         if towers in ("text", "both"):
-            vec, ok = self._encode_texts(catalog, batch_size, progress)
+            vec, masks["text"] = self._encode_texts(catalog, batch_size, progress)
             blocks.append(vec)
-            masks.append(ok)
         vectors = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
-        stacked = np.stack(masks)
+        stacked = np.stack(list(masks.values()))
         valid = stacked.all(axis=0) if self.options["require"] == "all" else stacked.any(axis=0)
-        extra = {"n_items_with_image": int(masks[0].sum())} if towers != "text" else {}
-        if towers != "image":
-            extra["n_items_with_text"] = int(masks[-1].sum())
+        extra = {f"n_items_with_{tower}": int(ok.sum()) for tower, ok in masks.items()}
+        extra.update(_why_invalid(catalog, masks, valid))
         return vectors, valid, extra
+
+    def _describe_missing(self, info: dict) -> str:
+        """Names the input the invalid items lack (cover, title or either), with counts."""
+        towers = self.options["towers"]
+        title = "a title" if self.options["fields"] == "title" else "a title or tags"
+        if towers == "image":
+            return f"a usable cover image ({_cover_breakdown(info)})"
+        if towers == "text":
+            return title
+        joined = (f"a usable cover image or {title}" if self.options["require"] == "all"
+                  else f"both a usable cover image and {title}")
+        texts = "titles" if self.options["fields"] == "title" else "titles+tags"
+        return (f"{joined} (covers: {_cover_breakdown(info)}; "
+                f"{texts}: {info.get('n_invalid_without_text', 0)} empty)")
 
     def _encode_images(self, catalog, batch_size, progress, num_workers):
         import torch
@@ -228,6 +237,48 @@ class ClipEncoder(Encoder):
         return out, ok_all
 
 
+def _cover_key(kind: str) -> str:
+    return "n_invalid_cover_" + kind.replace(" ", "_")
+
+
+def _why_invalid(catalog, masks: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, int]:
+    """Counts over the invalid items: ``n_invalid_without_text`` and, per reason their
+    cover was not encoded, ``n_invalid_cover_<missing|empty|undecodable|too_large>``."""
+    invalid = ~valid
+    counts: dict[str, int] = {}
+    if "text" in masks:
+        counts["n_invalid_without_text"] = int((invalid & ~masks["text"]).sum())
+    if "image" in masks:
+        counts.update(_cover_counts(catalog, np.flatnonzero(invalid & ~masks["image"])))
+    return counts
+
+
+def _cover_counts(catalog, positions: np.ndarray) -> dict[str, int]:
+    """Why the covers at ``positions`` (all failed to load) failed, judged as validation does."""
+    counts = {_cover_key(kind): 0 for kind in COVER_PROBLEMS}
+    source = getattr(catalog, "image_source", None)
+    if source is None or not len(positions):
+        counts[_cover_key(MISSING)] = len(positions)
+        return counts
+    found = classify_covers(source, np.asarray(catalog.item_ids)[positions], reduced=False)
+    for kind, ids in found.items():
+        counts[_cover_key(kind)] = len(ids)
+    # A cover that failed to load yet decodes now (changed meanwhile) still failed.
+    counts[_cover_key(UNDECODABLE)] += len(positions) - sum(map(len, found.values()))
+    return counts
+
+
+def _cover_breakdown(info: dict) -> str:
+    """The ``n_invalid_cover_*`` counts of ``info`` as text, e.g. "1 missing, 2 undecodable"."""
+    parts = []
+    for kind in COVER_PROBLEMS:
+        count = info.get(_cover_key(kind), 0)
+        if count:
+            limit = f" (over {MAX_COVER_PIXELS:,} pixels)" if kind == TOO_LARGE else ""
+            parts.append(f"{count} {kind}{limit}")
+    return ", ".join(parts) or "none"
+
+
 def _input_dtype(model, precision: str):
     """Pixels must match the weights' dtype when open_clip casts the whole model."""
     import torch
@@ -259,13 +310,25 @@ def _register_config_dict(cfg: dict) -> str:
     blob = json.dumps(cfg, sort_keys=True)
     name = "mmembed-custom-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
     if open_clip.get_model_config(name) is None:
-        global _CUSTOM_CONFIG_DIR
-        if _CUSTOM_CONFIG_DIR is None:
-            _CUSTOM_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="mmembed-open-clip-"))
-        path = _CUSTOM_CONFIG_DIR / f"{name}.json"
-        path.write_text(blob)
-        open_clip.add_model_config(path)
+        # open_clip registers configs from files only; it keeps what it read in memory,
+        # so the file is needed just for the call.
+        with tempfile.TemporaryDirectory(prefix="mmembed-open-clip-") as folder:
+            path = Path(folder) / f"{name}.json"
+            path.write_text(blob)
+            open_clip.add_model_config(path)
+            _forget_config_path(path)
+        if open_clip.get_model_config(name) is None:
+            raise RuntimeError(f"open_clip did not register the clip model config dict as {name!r}")
     return name
+
+
+def _forget_config_path(path: Path) -> None:
+    """Drop ``path`` from open_clip's scan list, so later rescans skip the deleted file."""
+    from open_clip import factory
+
+    paths = getattr(factory, "_MODEL_CONFIG_PATHS", None)
+    if isinstance(paths, list) and path in paths:
+        paths.remove(path)
 
 
 def _resolve_tag(model_name: str, tag: str, tag_cfg: dict, local_files_only: bool | None) -> ResolvedWeights:

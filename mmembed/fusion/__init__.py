@@ -10,12 +10,10 @@ A new head is one file with a ``FusionHead`` subclass decorated by
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from mmembed._registry import Registry
+from ctr_eval.registry import Registry
 from mmembed.fusion.base import FusionHead, as_blocks
 
-FUSIONS: Registry = Registry("fusion head")
+FUSIONS: Registry[type[FusionHead]] = Registry("fusion head", base=FusionHead)
 
 __all__ = [
     "FusionHead",
@@ -28,53 +26,15 @@ __all__ = [
     "register_fusion",
 ]
 
-
-def register_fusion(name: str):
-    """Class decorator: register a FusionHead subclass under ``name``."""
-
-    def decorator(cls):
-        cls.name = name
-        return FUSIONS.register(name)(cls)
-
-    return decorator
-
-
-def get_fusion(name: str) -> type[FusionHead]:
-    """The class registered as ``name``; unknown names list the known ones."""
-    return FUSIONS.get(name)
-
-
-def list_fusions() -> list[str]:
-    return FUSIONS.names()
-
-
-def create_fusion(spec: str | Mapping[str, Any] | FusionHead, **params: Any) -> FusionHead:
-    """Build a head from a name, a ``{"name": ..., **params}`` dict, or pass one through.
-
-    Unknown parameters raise TypeError naming the valid ones.
-    """
-    if isinstance(spec, FusionHead):
-        if params:
-            raise TypeError(f"create_fusion got an instance ({spec!r}) and extra parameters {sorted(params)}")
-        return spec
-    if isinstance(spec, Mapping):
-        spec = dict(spec)
-        if "name" not in spec:
-            raise ValueError(f"a fusion spec dict needs a 'name' key (one of {list_fusions()}), got {spec}")
-        name = spec.pop("name")
-        params = {**spec, **params}
-    elif isinstance(spec, str):
-        name = spec
-    else:
-        raise TypeError(
-            f"fusion must be a name, a dict with 'name', or a FusionHead, got {type(spec).__name__}"
-        )
-    cls = get_fusion(name)
-    valid = cls._param_names()
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise TypeError(f"fusion {name!r} got unknown parameter(s) {unknown}; valid parameters: {valid}")
-    return cls(**params)
+#: ``@register_fusion("my_head")`` registers a FusionHead subclass under a name.
+register_fusion = FUSIONS.register
+#: The class registered as a name; unknown names list the known ones.
+get_fusion = FUSIONS.get
+#: Registered fusion head names, sorted.
+list_fusions = FUSIONS.names
+#: A head from a name, a ``{"name": ..., **params}`` dict, or an instance (passed
+#: through); unknown parameters raise TypeError naming the valid ones.
+create_fusion = FUSIONS.create
 
 
 def load_fusion(directory) -> FusionHead:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
-from mmembed._io import atomic_path
+from ctr_eval.format import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from ..._io import atomic_path
+from ctr_eval.format import atomic_path
 from . import behaviour, images, latent, text, writer
 from .latent import LATENT_DIM, ItemTruth, rng_for
 from .scales import SCALES, SyntheticScale
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 DATA_DIR = "MicroLens_1M_x1"
 ORACLE_DIR = "oracle"
 EMB_DIM = 128
+_SPLITS = ("train", "valid", "test")
 # Released 128-d embeddings: (name, noise on the content view, image-only weight, uses text).
 RELEASED_VARIANTS = (
     ("v1", 0.8, 0.5),  # also item_info's item_emb_d128: modest quality
@@ -139,6 +141,137 @@ def _write_images(root: Path, items: ItemTruth, scale: SyntheticScale, seed: int
     return count
 
 
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _check_workers(workers: int | None) -> int:
+    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return workers
+
+
+def _prepare_root(root: str | os.PathLike, overwrite: bool, image_zip: bool,
+                  with_images: bool) -> Path:
+    """Refuse an unusable or non-empty ``root`` (unless ``overwrite``); create its folders."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"root {root} exists and is not a directory")
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"root {root} is not empty; pass overwrite=True to replace a generated data set there"
+        )
+    if overwrite:
+        _remove_stale_images(root, keep=("zip" if image_zip else "folder") if with_images else None)
+    (root / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    (root / ORACLE_DIR).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _item_stage(root: Path, cfg: SyntheticScale, seed: int) -> ItemTruth:
+    """Draw the items, their titles, tags and released vectors; write the item files."""
+    items = latent.make_items(cfg.n_items, seed)
+    rng = rng_for(seed, latent.STAGE_TEXT)
+    directions = text.topic_directions(items.text_content.shape[1], rng)
+    logits = text.topic_logits(items.text_content, directions)
+    titles = text.make_titles(items.text_content, directions, rng)
+    tags = text.make_tags(logits, cfg.tag_vocab, rng)
+    released = released_embeddings(items, seed)
+    _write_items(root, items, titles, tags, released)
+    return items
+
+
+@dataclass
+class _BehaviourStats:
+    """What the behaviour stage hands on to the oracle and the summary."""
+
+    user_vectors: np.ndarray  # (n_users + 1, LATENT_DIM), row 0 zero
+    test_labels: list[np.ndarray] = field(default_factory=list)  # per chunk, in row order
+    positives: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SPLITS, 0))
+    new_targets: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SPLITS, 0))
+
+
+def _open_row_sinks(stack: contextlib.ExitStack, root: Path) -> dict[str, pq.ParquetWriter]:
+    """Parquet writers for the three splits and item_seq, each into an atomic temp path."""
+    paths = {"train": root / DATA_DIR / "train.parquet", "valid": root / DATA_DIR / "valid.parquet",
+             "test": root / DATA_DIR / "test.parquet", "item_seq": root / "item_seq.parquet"}
+    tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items()}
+    return {
+        "train": stack.enter_context(pq.ParquetWriter(tmp["train"], writer.TRAIN_SCHEMA)),
+        "valid": stack.enter_context(pq.ParquetWriter(tmp["valid"], writer.TRAIN_SCHEMA)),
+        "test": stack.enter_context(pq.ParquetWriter(tmp["test"], writer.TEST_SCHEMA)),
+        "item_seq": stack.enter_context(pq.ParquetWriter(tmp["item_seq"],
+                                                         writer.ITEM_SEQ_SCHEMA)),
+    }
+
+
+def _simulate_users(items: ItemTruth, tables: tuple[behaviour.PopularityTable, ...],
+                    cfg: SyntheticScale, seed: int, chunk: int,
+                    start: int) -> tuple[np.ndarray, behaviour.ChunkResult]:
+    """Draw the users of one chunk and simulate their rows; return (users, result)."""
+    stop = min(start + cfg.user_chunk, cfg.n_users)
+    users = latent.make_users(stop - start, seed, chunk)
+    counts = {k: behaviour.allocate(getattr(cfg, f"n_{k}"), start, stop, cfg.n_users)
+              for k in _SPLITS}
+    # Positives spread over chunks like rows, so each split has exactly 25% overall.
+    pos = {k: behaviour.allocate(_n_positive(getattr(cfg, f"n_{k}")), start, stop,
+                                 cfg.n_users) for k in _SPLITS}
+    result = behaviour.simulate_chunk(items, tables, users, start + 1, counts, pos,
+                                      cfg, seed, chunk)
+    return users, result
+
+
+def _write_chunk(sinks: dict[str, pq.ParquetWriter], result: behaviour.ChunkResult,
+                 items: ItemTruth, stats: _BehaviourStats) -> None:
+    """Append one chunk's rows and user histories; count its positives and new targets."""
+    for split, rows in result.rows.items():
+        sinks[split].write_table(_rows_table(rows, items, split != "test"),
+                                 row_group_size=writer.ROW_GROUP_ROWS)
+        stats.positives[split] += int(rows.label.sum())
+        stats.new_targets[split] += int(items.is_new[rows.item_id - 1].sum())
+    stats.test_labels.append(result.rows["test"].label)
+    sinks["item_seq"].write_table(pa.Table.from_arrays(
+        [pa.array(result.user_ids), writer.list_column(result.user_history, pa.int64())],
+        schema=writer.ITEM_SEQ_SCHEMA), row_group_size=writer.ROW_GROUP_ROWS)
+
+
+def _behaviour_stage(root: Path, items: ItemTruth, cfg: SyntheticScale, seed: int,
+                     bar: tqdm) -> _BehaviourStats:
+    """Simulate the users chunk by chunk, streaming train/valid/test and item_seq."""
+    tables = (behaviour.PopularityTable(items.popularity),
+              behaviour.PopularityTable(items.popularity, items.release_time == 0))
+    stats = _BehaviourStats(user_vectors=np.zeros((cfg.n_users + 1, LATENT_DIM),
+                                                  dtype=np.float32))
+    with contextlib.ExitStack() as stack:
+        sinks = _open_row_sinks(stack, root)
+        for chunk, start in enumerate(range(0, cfg.n_users, cfg.user_chunk)):
+            users, result = _simulate_users(items, tables, cfg, seed, chunk, start)
+            stats.user_vectors[start + 1: start + 1 + len(users)] = users
+            _write_chunk(sinks, result, items, stats)
+            bar.update(1)
+        for sink in sinks.values():
+            sink.close()
+    return stats
+
+
+def _summary(root: Path, cfg: SyntheticScale, seed: int, items: ItemTruth, n_images: int,
+             stats: _BehaviourStats, timings: dict[str, float]) -> dict[str, Any]:
+    return {
+        "root": str(root), "scale": cfg.name, "seed": seed,
+        "n_items": cfg.n_items, "n_users": cfg.n_users, "seq_len": cfg.seq_len,
+        "tag_vocab": cfg.tag_vocab, "n_train": cfg.n_train, "n_valid": cfg.n_valid,
+        "n_test": cfg.n_test, "n_images": n_images,
+        "positive_rate": {k: stats.positives[k] / max(getattr(cfg, f"n_{k}"), 1)
+                          for k in stats.positives},
+        "n_new_items": int(items.is_new.sum()),
+        "new_item_rows": stats.new_targets,
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
 def generate(root: str | os.PathLike, scale: str | SyntheticScale = "tiny", seed: int = 0,
              progress: bool = False, image_zip: bool = False, with_images: bool = True,
              workers: int | None = None, overwrite: bool = False) -> dict[str, Any]:
@@ -154,106 +287,37 @@ def generate(root: str | os.PathLike, scale: str | SyntheticScale = "tiny", seed
     and removes covers of the other form (folder vs zip) so no stale images remain.
     """
     cfg = _resolve_scale(scale)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
-    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"root {root} exists and is not a directory")
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"root {root} is not empty; pass overwrite=True to replace a generated data set there"
-        )
-    if overwrite:
-        _remove_stale_images(root, keep=("zip" if image_zip else "folder") if with_images else None)
-    (root / DATA_DIR).mkdir(parents=True, exist_ok=True)
-    (root / ORACLE_DIR).mkdir(parents=True, exist_ok=True)
-    chunks = range(0, cfg.n_users, cfg.user_chunk)
-    bar = tqdm(total=2 + len(chunks) + int(with_images), disable=not progress,
+    seed = _check_seed(seed)
+    workers = _check_workers(workers)
+    root = _prepare_root(root, overwrite, image_zip, with_images)
+    n_chunks = len(range(0, cfg.n_users, cfg.user_chunk))
+    bar = tqdm(total=2 + n_chunks + int(with_images), disable=not progress,
                desc=f"synthetic {cfg.name}", unit="stage")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-
-    items = latent.make_items(cfg.n_items, seed)
-    rng = rng_for(seed, latent.STAGE_TEXT)
-    directions = text.topic_directions(items.text_content.shape[1], rng)
-    logits = text.topic_logits(items.text_content, directions)
-    titles = text.make_titles(items.text_content, directions, rng)
-    tags = text.make_tags(logits, cfg.tag_vocab, rng)
-    released = released_embeddings(items, seed)
-    _write_items(root, items, titles, tags, released)
+    items = _item_stage(root, cfg, seed)
     timings["items"] = time.perf_counter() - t0
     bar.update(1)
 
     t1 = time.perf_counter()
-    tables = (behaviour.PopularityTable(items.popularity),
-              behaviour.PopularityTable(items.popularity, items.release_time == 0))
-    user_vectors = np.zeros((cfg.n_users + 1, LATENT_DIM), dtype=np.float32)
-    test_labels, new_targets = [], {"train": 0, "valid": 0, "test": 0}
-    positives = {"train": 0, "valid": 0, "test": 0}
-    paths = {"train": root / DATA_DIR / "train.parquet", "valid": root / DATA_DIR / "valid.parquet",
-             "test": root / DATA_DIR / "test.parquet", "item_seq": root / "item_seq.parquet"}
-    with contextlib.ExitStack() as stack:
-        tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items()}
-        sinks = {
-            "train": stack.enter_context(pq.ParquetWriter(tmp["train"], writer.TRAIN_SCHEMA)),
-            "valid": stack.enter_context(pq.ParquetWriter(tmp["valid"], writer.TRAIN_SCHEMA)),
-            "test": stack.enter_context(pq.ParquetWriter(tmp["test"], writer.TEST_SCHEMA)),
-            "item_seq": stack.enter_context(pq.ParquetWriter(tmp["item_seq"],
-                                                             writer.ITEM_SEQ_SCHEMA)),
-        }
-        for chunk, start in enumerate(chunks):
-            stop = min(start + cfg.user_chunk, cfg.n_users)
-            users = latent.make_users(stop - start, seed, chunk)
-            user_vectors[start + 1: stop + 1] = users
-            counts = {k: behaviour.allocate(getattr(cfg, f"n_{k}"), start, stop, cfg.n_users)
-                      for k in ("train", "valid", "test")}
-            # Positives spread over chunks like rows, so each split has exactly 25% overall.
-            pos = {k: behaviour.allocate(_n_positive(getattr(cfg, f"n_{k}")), start, stop,
-                                         cfg.n_users) for k in ("train", "valid", "test")}
-            result = behaviour.simulate_chunk(items, tables, users, start + 1, counts, pos,
-                                              cfg, seed, chunk)
-            for split, rows in result.rows.items():
-                sinks[split].write_table(_rows_table(rows, items, split != "test"),
-                                         row_group_size=writer.ROW_GROUP_ROWS)
-                positives[split] += int(rows.label.sum())
-                new_targets[split] += int(items.is_new[rows.item_id - 1].sum())
-            test_labels.append(result.rows["test"].label)
-            sinks["item_seq"].write_table(pa.Table.from_arrays(
-                [pa.array(result.user_ids), writer.list_column(result.user_history, pa.int64())],
-                schema=writer.ITEM_SEQ_SCHEMA), row_group_size=writer.ROW_GROUP_ROWS)
-            bar.update(1)
-        for sink in sinks.values():
-            sink.close()
+    stats = _behaviour_stage(root, items, cfg, seed, bar)
     timings["behaviour"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
+    n_images = 0
     if with_images:
         n_images = _write_images(root, items, cfg, seed, image_zip, workers)
         bar.update(1)
-    else:
-        n_images = 0
     timings["images"] = time.perf_counter() - t2
 
     t3 = time.perf_counter()
-    _write_oracle(root / ORACLE_DIR, items, user_vectors, np.concatenate(test_labels), cfg, seed)
+    _write_oracle(root / ORACLE_DIR, items, stats.user_vectors,
+                  np.concatenate(stats.test_labels), cfg, seed)
     timings["oracle"] = time.perf_counter() - t3
     bar.update(1)
     bar.close()
 
-    summary = {
-        "root": str(root), "scale": cfg.name, "seed": seed,
-        "n_items": cfg.n_items, "n_users": cfg.n_users, "seq_len": cfg.seq_len,
-        "tag_vocab": cfg.tag_vocab, "n_train": cfg.n_train, "n_valid": cfg.n_valid,
-        "n_test": cfg.n_test, "n_images": n_images,
-        "positive_rate": {k: positives[k] / max(getattr(cfg, f"n_{k}"), 1) for k in positives},
-        "n_new_items": int(items.is_new.sum()),
-        "new_item_rows": new_targets,
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
-    }
+    summary = _summary(root, cfg, seed, items, n_images, stats, timings)
     logger.info("synthetic %s dataset written to %s in %.1f s", cfg.name, root,
                 time.perf_counter() - t0)
     return summary
