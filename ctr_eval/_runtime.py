@@ -18,6 +18,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, send_to_device
 from tqdm.auto import tqdm
 
+from ctr_eval.checks import check_positive_int
+
 logger = logging.getLogger(__name__)
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -36,8 +38,8 @@ class RunOptions:
     num_threads: int | None = None  # torch CPU threads; default cores / processes
 
     def check(self) -> None:
-        if self.max_epochs is not None and (not isinstance(self.max_epochs, int) or self.max_epochs < 1):
-            raise ValueError(f"max_epochs must be a positive integer or None, got {self.max_epochs!r}")
+        for name in ("max_epochs", "eval_batch_size", "num_threads"):
+            check_positive_int(name, getattr(self, name), allow_none=True)
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -48,10 +50,6 @@ class RunOptions:
             # Accelerate would silently train in float32 while the result claimed fp16
             raise ValueError("mixed_precision='fp16' needs a GPU (Accelerate runs fp16 autocast only "
                              "there); on CPU use 'bf16' or 'no'")
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
 
 
 def pin_mkl_threads() -> bool:

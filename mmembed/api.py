@@ -319,9 +319,12 @@ def format_spec(spec: str | Mapping[str, Any]) -> str:
         return str(spec["name"])
     items = [f"{key}={_format_value(value)}" for key, value in options.items()]
     text = f"{spec['name']}:{','.join(items)}"
-    if parse_spec(text) != dict(spec):  # a value with "," or one JSON would misread
-        return json.dumps(dict(spec))
-    return text
+    try:
+        if parse_spec(text) == dict(spec):
+            return text
+    except ValueError:
+        pass
+    return json.dumps(dict(spec))  # a value with "," or "=" would misread in NAME:key=value form
 
 
 def _format_value(value: Any) -> str:

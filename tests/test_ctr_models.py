@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ctr_eval.config import resolve_config
 from ctr_eval.data import ItemTable
 from ctr_eval.metrics import auc
-from ctr_eval.models import build_model, ctr_loss, list_models
+from ctr_eval.models import MODELS, build_model, ctr_loss, list_models
 
 N_ITEMS = 60
 
@@ -44,19 +44,23 @@ def make_batch(seed: int = 0, batch: int = 16, length: int = 10, n_items: int = 
     }
 
 
-def small_din(table=None, seed=0, **overrides):
+def tiny_model(name: str, table=None, seed=0, **overrides):
+    """Registered model ``name`` built from its ``tiny_config`` (Task 2 mode)."""
+    tiny = MODELS.get(name).tiny_config
+    if tiny is None:
+        pytest.fail(f"model {name!r} has no tiny_config: set a class attribute tiny_config = "
+                    "{...} of config overrides that make it small (see docs/plugins.md)")
     torch.manual_seed(seed)
-    cfg = resolve_config("din", task1=False, embedding_dim=8, attention_hidden_units=[16, 8],
-                         dnn_hidden_units=[32, 16], **overrides)
-    return build_model("din", cfg, table or make_table())
+    cfg = resolve_config(name, task1=False, **{**tiny, **overrides})
+    return build_model(name, cfg, table or make_table())
+
+
+def small_din(table=None, seed=0, **overrides):
+    return tiny_model("din", table, seed, **overrides)
 
 
 def small_transact(table=None, seed=0, **overrides):
-    torch.manual_seed(seed)
-    settings = dict(embedding_dim=8, first_k_cols=4, dim_feedforward=32, dcn_hidden_units=[32, 16],
-                    mlp_hidden_units=[8])
-    settings.update(overrides)
-    return build_model("transact_dcn", resolve_config("transact_dcn", **settings), table or make_table())
+    return tiny_model("transact_dcn", table, seed, **overrides)
 
 
 # ---------------------------------------------------------------- registry
@@ -73,9 +77,14 @@ def test_registry_lists_and_refuses():
         build_model("din", None, np.zeros((3, 128)))
 
 
-@pytest.mark.parametrize("name", ["din", "transact_dcn"])
+def test_every_model_declares_a_tiny_config():
+    missing = [n for n in list_models() if MODELS.get(n).tiny_config is None]
+    assert not missing, f"models {missing} lack tiny_config (config overrides that make them small)"
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_every_model_gives_finite_logits_and_learns_a_step(name):
-    model = small_din() if name == "din" else small_transact()
+    model = tiny_model(name)
     batch = make_batch()
     model.train()
     logits = model(batch)
@@ -127,9 +136,9 @@ def test_din_exact_equals_plain_forward_and_backward(softmax):
         torch.testing.assert_close(g_exact, g_plain, rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["din", "transact_dcn"])
+@pytest.mark.parametrize("name", list_models())
 def test_padding_item_content_never_changes_the_output(name):
-    model = (small_din() if name == "din" else small_transact()).eval()
+    model = tiny_model(name).eval()
     batch = make_batch(2)
     before = model(batch)
     with torch.no_grad():  # randomise everything the padding id 0 could read

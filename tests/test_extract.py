@@ -1,6 +1,7 @@
 """mmembed.extract end to end on the tiny synthetic set, ItemEmbeddings and item_info."""
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import subprocess
@@ -11,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mmembed.api import ItemEmbeddings, check_item_info, extract, parse_spec, write_item_info
+from mmembed.api import ItemEmbeddings, check_item_info, extract, format_spec, parse_spec, write_item_info
 from mmembed.cache import encode_cached
 from mmembed.datasets import ItemCatalog, validate_dataset
 from mmembed.encoders import create_encoder
@@ -169,14 +170,21 @@ def test_check_item_info_rejects_a_nonzero_padding_row(tmp_path):
 
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table(table, schema=pq.read_schema(path)), bad)
-    with pytest.raises(ValueError, match=r"bad\.parquet: row 0 is the padding item and must be all zeros"):
+    with pytest.raises(ValueError, match=r"bad\.parquet: row 0 must be the all-zero padding item .*found item_emb_d128 with 128 non-zero values"):
         check_item_info(bad)
 
 
 def test_unknown_option_and_bad_inputs_fail_before_any_data_is_read(tmp_path):
     missing = tmp_path / "no-such-dataset"
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['batchsize'\]; valid: data, encoders, fusion, dim, cache_dir, batch_size"):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'batchsize'"):
         extract(missing, encoders="sbert", batchsize=3)
+    with pytest.raises(TypeError, match=r"positional argument"):  # options are keyword-only
+        extract(missing, "sbert", "concat_pca", 128, tmp_path / "cache")
+    for bad_dim in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=rf"dim must be a positive integer or None, got {bad_dim!r}"):
+            extract(missing, encoders="sbert", dim=bad_dim)
+    with pytest.raises(ValueError, match=r"concat_pca: dim=500 exceeds the number of concatenated features \(384 from encoders of widths \[384\]\); choose dim <= 384"):
+        extract(missing, encoders="sbert", dim=500)
     with pytest.raises(ValueError, match=r"unknown encoder 'sbrt'\. Did you mean 'sbert'\?"):
         extract(missing, encoders=["sbrt"])
     with pytest.raises(ValueError, match=r"unknown fusion head 'pca'"):
@@ -189,6 +197,16 @@ def test_unknown_option_and_bad_inputs_fail_before_any_data_is_read(tmp_path):
         extract(42, encoders="sbert")
     with pytest.raises(FileNotFoundError, match="no-such-dataset: data directory not found"):
         extract(missing, encoders="sbert")
+
+
+def test_extract_options_keep_their_defaults():
+    from mmembed.cache import DEFAULT_SHARD_SIZE
+
+    params = inspect.signature(extract).parameters
+    defaults = {name: p.default for name, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    assert defaults == {"cache_dir": None, "batch_size": None, "num_workers": None, "progress": True,
+                        "shard_size": DEFAULT_SHARD_SIZE, "sequences": None, "images": "auto"}
+    assert (params["encoders"].default, params["fusion"].default, params["dim"].default) == (("sbert", "clip"), "concat_pca", 128)
 
 
 def test_an_item_catalog_and_a_repeated_encoder(tmp_path, monkeypatch):
@@ -250,6 +268,23 @@ def test_two_accelerate_processes_give_the_one_process_result(tiny_root, tmp_pat
 )
 def test_parse_spec(text, spec):
     assert parse_spec(text) == spec
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "sbert",
+        {"name": "sbert"},
+        {"name": "clip", "model": "ViT-S-32", "towers": "image", "pretrained": None},
+        {"name": "clip", "seed": 3, "normalize": False, "pretrained": "3"},
+        {"name": "bert", "model": "local-dir:/models/a,b", "layer": -2},  # a comma: JSON form
+    ],
+)
+def test_format_spec_is_read_back_by_parse_spec(spec):
+    text = format_spec(spec)
+    assert parse_spec(text) == (spec["name"] if spec == {"name": "sbert"} else spec)
+    if isinstance(spec, dict) and "towers" in spec:
+        assert text == "clip:model=ViT-S-32,towers=image,pretrained=None"
 
 
 def test_parse_spec_errors():

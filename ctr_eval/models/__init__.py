@@ -47,6 +47,9 @@ class CTRModel(nn.Module):
     #: set by ``register_model(name, config_class=...)``
     name: str = ""
     config_class: type = type(None)
+    #: config overrides (Task 2 mode) that make the model tiny for the contract tests
+    #: (tests/test_ctr_models.py); every registered model must set it
+    tiny_config: dict | None = None
     config: DINConfig | TransActConfig
 
     def _build_embeddings(self, config, item_table: ItemTable) -> None:

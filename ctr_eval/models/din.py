@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 @register_model("din", config_class=DINConfig)
 class DIN(CTRModel):
+    """The challenge's DIN (see :class:`ctr_eval.config.DINConfig` for its architecture)."""
+
+    tiny_config = {"embedding_dim": 8, "attention_hidden_units": (16, 8), "dnn_hidden_units": (32, 16)}
+
     def __init__(self, config: DINConfig, item_table: ItemTable, attention_impl: str = "exact") -> None:
         super().__init__()
         if attention_impl not in ATTENTION_IMPLS:

@@ -48,6 +48,11 @@ logger = logging.getLogger(__name__)
 
 @register_model("transact_dcn", config_class=TransActConfig)
 class TransActDCN(CTRModel):
+    """The 1st-place Task 2 model (see :class:`ctr_eval.config.TransActConfig`)."""
+
+    tiny_config = {"embedding_dim": 8, "first_k_cols": 4, "dim_feedforward": 32,
+                   "dcn_hidden_units": (32, 16), "mlp_hidden_units": (8,)}
+
     def __init__(self, config: TransActConfig, item_table: ItemTable) -> None:
         super().__init__()
         self.config = config

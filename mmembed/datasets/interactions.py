@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ctr_eval.checks import check_positive_int
 from ctr_eval.format import (SPLITS, DatasetError, check_columns, find_layout, list_to_matrix,
                              open_parquet, scalar_to_numpy)
 
@@ -65,8 +66,7 @@ class UserSequences:
 
 
 def _check_max_len(max_len: int | None) -> None:
-    if max_len is not None and (not isinstance(max_len, (int, np.integer)) or max_len < 1):
-        raise ValueError(f"max_len must be a positive integer or None, got {max_len!r}")
+    check_positive_int("max_len", max_len, allow_none=True)
 
 
 def _read_arrays(path: Path, expected: dict[str, str], seq_column: str,

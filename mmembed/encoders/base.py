@@ -26,6 +26,8 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ctr_eval.checks import check_positive_int
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Encoder", "EncodedFeatures", "compose_texts", "resolve_device", "MODALITIES"]
@@ -184,8 +186,7 @@ class Encoder(ABC):
     ) -> EncodedFeatures:
         """Encode every item of ``catalog``; rows in catalog order."""
         batch_size = self.default_batch_size if batch_size is None else batch_size
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         num_workers = self.default_num_workers() if num_workers is None else num_workers
         if not _is_int(num_workers) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")

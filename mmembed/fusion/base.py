@@ -91,6 +91,9 @@ class FusionHead(ABC):
     name: ClassVar[str] = ""
     #: True for heads that learn from user sequences (``fit(features, sequences)``).
     uses_sequences: ClassVar[bool] = False
+    #: Parameters that make the head small and fast for the contract tests
+    #: (tests/test_fusion_contract.py); every registered head must set it.
+    tiny_params: ClassVar[dict[str, Any] | None] = None
 
     # -- parameters (scikit-learn convention: read from the __init__ signature) --------
     @classmethod

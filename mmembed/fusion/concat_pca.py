@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ctr_eval.checks import check_positive_int
 from mmembed.fusion import register_fusion
 from mmembed.fusion.base import FeatureBlock, FusionHead, as_blocks
 
@@ -35,13 +36,14 @@ _CHUNK_ROWS = 8192  # rows per float64 chunk: bounded memory at full scale
 class ConcatPCA(FusionHead):
     """Concatenate (optionally L2-normalised) encoder features, then PCA to ``dim``."""
 
+    tiny_params = {"dim": 4}
+
     def __init__(self, dim: int = 128, normalize: bool = True) -> None:
         self.dim = dim
         self.normalize = normalize
 
     def _check_params(self) -> None:
-        if isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer)) or self.dim < 1:
-            raise ValueError(f"concat_pca: dim must be a positive integer, got {self.dim!r}")
+        check_positive_int("concat_pca: dim", self.dim)
         if not isinstance(self.normalize, bool):
             raise TypeError(f"concat_pca: normalize must be True or False, got {self.normalize!r}")
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ctr_eval.checks import check_positive_int
 from ctr_eval.format import atomic_path
 from . import behaviour, images, latent, text, writer
 from .latent import LATENT_DIM, ItemTruth, rng_for
@@ -148,10 +149,9 @@ def _check_seed(seed: Any) -> int:
 
 
 def _check_workers(workers: int | None) -> int:
-    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    return workers
+    if workers is None:
+        return min(2, os.cpu_count() or 1)
+    return check_positive_int("workers", workers)
 
 
 def _prepare_root(root: str | os.PathLike, overwrite: bool, image_zip: bool,
