@@ -35,12 +35,12 @@ from _grad_moments import gradient_moments  # noqa: E402
 
 def ctr_eval_moments(bench_root: Path, init: Path, batch_rows: np.ndarray, args: argparse.Namespace):
     """ctr_eval's side, as its trainer takes a step: the model from FuxiCTR's weights, the
-    global-batch dropout plan, BCE + regularizer; no optimizer step."""
+    global-batch dropout generator, BCE + regularizer; no optimizer step."""
     import torch
 
     from ctr_eval.config import resolve_config
     from ctr_eval.data import load_item_table, load_split
-    from ctr_eval.layers import DropoutPlan, set_dropout_plan
+    from ctr_eval.global_batch import set_dropout_generator
     from ctr_eval.models import build_model
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -51,11 +51,9 @@ def ctr_eval_moments(bench_root: Path, init: Path, batch_rows: np.ndarray, args:
     start = dict(np.load(init))
     model.load_state_dict(pair.fuxictr_state_for_ctr_eval(start, model))
     batch = load_split(bench_root, "train", max_len=cfg.max_len).batch(torch.from_numpy(batch_rows))
-    generator = torch.Generator().manual_seed(args.seed)
-    counts = model.dropout_row_counts(batch)
+    set_dropout_generator(model, torch.Generator().manual_seed(args.seed))
 
     def loss_of_draw():
-        set_dropout_plan(model, DropoutPlan(generator, {k: (int(c.sum()), 0) for k, c in counts.items()}))
         return model.loss(model(batch), batch["label"]) + model.regularization_loss()
 
     losses, sums, squares = gradient_moments(model, args.draws, loss_of_draw)

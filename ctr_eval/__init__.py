@@ -18,7 +18,7 @@ from typing import Any
 __version__ = "0.1.0.dev0"
 
 # public name -> module that defines it
-_EXPORTS = {
+_PUBLIC = {
     "evaluate": "ctr_eval.api",
     "predict": "ctr_eval.api",
     "load_run": "ctr_eval.api",
@@ -35,11 +35,11 @@ _EXPORTS = {
     "read_submission": "ctr_eval.submission",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *_PUBLIC]
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'ctr_eval' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)

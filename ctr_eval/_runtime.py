@@ -141,92 +141,18 @@ def process_slice(batch: np.ndarray, rank: int, num_processes: int) -> np.ndarra
     start, stop = process_bounds(len(batch), rank, num_processes)
     return batch[start:stop]
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes; the gradient of a sum is summed the same way."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = x.clone()
-        torch.distributed.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        torch.distributed.all_reduce(grad)
-        return grad
-
-
-class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
-    """BatchNorm1d whose training statistics cover the whole global batch, on CPU groups.
-
-    PyTorch's SyncBatchNorm runs on GPUs only. This does the same over any process group
-    (gloo): the per-channel sum, count and centred sum of squares are summed across
-    processes with a differentiable all-reduce, so forward and backward equal one
-    process's batch norm over the global batch. Evaluation mode is plain BatchNorm1d; the
-    parameters and buffers are the same (state dicts load either way).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        if not (self.training and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1):
-            return super().forward(x)
-        all_reduce = _AllReduceSum.apply
-        dims = [0, *range(2, x.dim())]
-        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-        count = x.new_tensor([x.numel() / x.shape[1]])
-        total = all_reduce(torch.cat([x.sum(dims), count]))
-        n = total[-1]
-        mean = total[:-1] / n
-        centred = x - mean.view(shape)
-        var = all_reduce(centred.pow(2).sum(dims)) / n  # biased, as batch norm normalises
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
-                self.running_var.mul_(1 - factor).add_(var.detach() * n / (n - 1).clamp(min=1), alpha=factor)
-        y = centred * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
-
-
-def global_batch_norm(model: torch.nn.Module, acc: Accelerator) -> torch.nn.Module:
-    """With several processes, make batch norm use the global batch's statistics.
-
-    Without this every process would normalise with its own ``batch_size / P`` rows,
-    which is a different model from the one-process (challenge) DIN. CUDA: PyTorch's
-    SyncBatchNorm; CPU: :class:`GlobalBatchNorm1d`.
-    """
-    if acc.num_processes == 1:
-        return model
-    if acc.device.type == "cuda":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.BatchNorm1d:
-                swapped = GlobalBatchNorm1d(child.num_features, child.eps, child.momentum, child.affine,
-                                            child.track_running_stats)
-                swapped.load_state_dict(child.state_dict())
-                setattr(parent, name, swapped)
-    return model
-
-
-def predict_probs(acc: Accelerator, core: Any, split: Any, batch_size: int, progress: bool = False) -> np.ndarray:
-    """Sigmoid scores of ``core`` on ``split``: rows split contiguously across processes,
+def predict_probs(acc: Accelerator, unwrapped: Any, split: Any, batch_size: int, progress: bool = False) -> np.ndarray:
+    """Sigmoid scores of ``unwrapped`` on ``split``: rows split contiguously across processes,
     gathered back in row order (what ``gather_for_metrics`` does for a prepared loader)."""
     n, p, rank = len(split), acc.num_processes, acc.process_index
     if p > 1:  # identical already with global batch norm; rank 0's, to be sure
-        for module in core.modules():
+        for module in unwrapped.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 for buf in module.buffers():
                     torch.distributed.broadcast(buf.data, src=0)
     chunk = -(-n // p)
     start, stop = min(rank * chunk, n), min((rank + 1) * chunk, n)
-    core.eval()
+    unwrapped.eval()
     parts = []
     with torch.no_grad():
         steps = range(start, stop, batch_size)
@@ -234,7 +160,7 @@ def predict_probs(acc: Accelerator, core: Any, split: Any, batch_size: int, prog
                       disable=not (progress and acc.is_main_process)):
             rows = torch.arange(a, min(a + batch_size, stop))
             batch = send_to_device(split.batch(rows), acc.device)
-            parts.append(torch.sigmoid(core(batch).float()))
+            parts.append(torch.sigmoid(unwrapped(batch).float()))
     local = torch.cat(parts) if parts else torch.zeros(0, device=acc.device)
     if p == 1:
         return local.cpu().numpy()

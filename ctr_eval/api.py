@@ -162,8 +162,8 @@ def predict(
     check_ids(rows, table, num_levels=cfg.num_levels)
     options = RunOptions(device=device, progress=progress)
     acc = make_accelerator(options)
-    core = acc.prepare_model(net, evaluation_mode=True)  # placed on the device, no DDP wrapper
-    probs = predict_probs(acc, core, rows, batch_size or max(cfg.batch_size, 4096), progress=progress)
+    unwrapped = acc.prepare_model(net, evaluation_mode=True)  # placed on the device, no DDP wrapper
+    probs = predict_probs(acc, unwrapped, rows, batch_size or max(cfg.batch_size, 4096), progress=progress)
     out = Path(out_dir) if out_dir is not None else Path(run_dir)
     zip_path = out / "submission.zip"
     if acc.is_main_process:

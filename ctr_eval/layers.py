@@ -5,21 +5,19 @@ Where a block mirrors a FuxiCTR one, the docstring names it; the code is our own
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctr_eval.global_batch import GlobalBatchDropout
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DropoutPlan",
-    "GlobalBatchDropout",
-    "set_dropout_plan",
     "MLPBlock",
-    "ItemEncoder",
+    "ItemEmbedding",
     "DINAttention",
     "CrossNetV2",
     "fuxictr_reset_linear",
@@ -31,71 +29,13 @@ __all__ = [
 ATTENTION_IMPLS = ("exact", "plain")  # "plain": FuxiCTR's formulation (tests, benchmarks)
 
 
-@dataclass
-class DropoutPlan:
-    """Where this process's rows sit in the global batch, for global-batch dropout masks.
-
-    ``spans[kind] = (global_rows, first_row)``: the input of a dropout layer of that row
-    kind holds rows ``first_row ..`` of a ``global_rows``-row global tensor. Kinds: "sample"
-    (one row per sample) and, for the DIN attention, "position" (one row per attended
-    history position). ``generator`` is seeded identically on every process.
-    """
-
-    generator: torch.Generator
-    spans: dict[str, tuple[int, int]]
-
-
-class GlobalBatchDropout(nn.Module):
-    """Dropout whose mask is drawn for the whole global batch, then sliced to this
-    process's rows, so that P processes apply the very masks one process would.
-
-    With a :class:`DropoutPlan` set (the trainer sets one every step) the mask of a
-    (n, ...) input is ``bernoulli(1 - p)`` over a (global_rows, ...) tensor from the plan's
-    generator, rows ``first_row .. first_row + n``, scaled by 1 / (1 - p): the same
-    distribution as ``nn.Dropout``, and the same numbers whatever the process count. The
-    price is drawing the global mask on each process (free on one process). Without a plan
-    it is ``F.dropout``.
-    """
-
-    def __init__(self, p: float, rows: str = "sample") -> None:
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout rate must be in [0, 1), got {p}")
-        self.p = p
-        self.rows = rows
-        self.plan: DropoutPlan | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if self.plan is None:
-            return F.dropout(x, self.p, training=True)
-        global_rows, first = self.plan.spans[self.rows]
-        if first + x.shape[0] > global_rows:
-            raise RuntimeError(f"dropout plan for {self.rows!r} rows covers {global_rows} rows, "
-                               f"but this input needs rows {first}..{first + x.shape[0] - 1}")
-        keep = torch.empty((global_rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
-        keep.bernoulli_(1.0 - self.p, generator=self.plan.generator)
-        return x * keep[first : first + x.shape[0]].mul_(1.0 / (1.0 - self.p))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, rows={self.rows!r}"
-
-
-def set_dropout_plan(model: nn.Module, plan: DropoutPlan | None) -> None:
-    """Give every :class:`GlobalBatchDropout` in ``model`` the step's plan (None: plain dropout)."""
-    for module in model.modules():
-        if isinstance(module, GlobalBatchDropout):
-            module.plan = plan
-
-
 class MLPBlock(nn.Module):
     """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden layer, then an optional
-    output Linear, as FuxiCTR's ``MLP_Block`` (dropout only when its rate is > 0).
-    ``dropout_rows`` is the row kind of the input for :class:`GlobalBatchDropout`."""
+    output Linear, as FuxiCTR's ``MLP_Block`` (dropout only when its rate is > 0; a
+    :class:`~ctr_eval.global_batch.GlobalBatchDropout`, plain dropout on one process)."""
 
     def __init__(self, input_dim: int, hidden_units: Sequence[int], output_dim: int | None = None,
-                 dropout: float = 0.0, batch_norm: bool = False, dropout_rows: str = "sample") -> None:
+                 dropout: float = 0.0, batch_norm: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = input_dim
@@ -106,7 +46,7 @@ class MLPBlock(nn.Module):
             # in place: the Linear/BatchNorm before it does not need its output for backward
             layers.append(nn.ReLU(inplace=True))
             if dropout > 0:
-                layers.append(GlobalBatchDropout(dropout, rows=dropout_rows))
+                layers.append(GlobalBatchDropout(dropout))
             width = units
         if output_dim is not None:
             layers.append(nn.Linear(width, output_dim))
@@ -118,7 +58,7 @@ class MLPBlock(nn.Module):
         return self.layers(x)
 
 
-class ItemEncoder(nn.Module):
+class ItemEmbedding(nn.Module):
     """Item id -> [id emb (d) | masked-mean tag emb (d) | Linear(emb_d128) (128)].
 
     As FuxiCTR's ``FeatureEmbeddingDict`` builds the challenge's three item features:
@@ -193,9 +133,7 @@ class DINAttention(nn.Module):
             raise ValueError("DINAttention needs at least one hidden layer")
         self.dim = dim
         self.use_softmax = use_softmax
-        # one MLP row per attended (sample, position): "position" rows for the dropout plan
-        self.mlp = MLPBlock(4 * dim, hidden_units, output_dim=1, dropout=dropout,
-                            dropout_rows="position")
+        self.mlp = MLPBlock(4 * dim, hidden_units, output_dim=1, dropout=dropout)
 
     @property
     def first_layer(self) -> nn.Linear:

@@ -25,7 +25,7 @@ in the global batch), so DDP's gradient average equals the one-process batch mea
 Batch norm uses the global batch's statistics (SyncBatchNorm on GPUs, an all-reduce batch
 norm on CPU), and the MLP dropout masks are drawn for the whole global batch from a generator
 seeded the same on every process, each process keeping its rows
-(:class:`ctr_eval.layers.GlobalBatchDropout`). So P processes train the one-process model
+(:class:`ctr_eval.global_batch.GlobalBatchDropout`). So P processes train the one-process model
 with the one-process masks, and differ from it only by float summation order (the dropout
 inside TransAct's nn.TransformerEncoder layers is the exception: it draws per process).
 Evaluation splits rows contiguously across processes and gathers the scores back into row
@@ -57,10 +57,10 @@ from accelerate.utils import send_to_device, set_seed
 from tqdm.auto import tqdm
 
 from ctr_eval.format import atomic_path, item_table_fingerprint, write_json
-from ctr_eval._runtime import (RunOptions, global_batch_norm, global_batches, make_accelerator,
+from ctr_eval._runtime import (RunOptions, global_batches, make_accelerator,
                                predict_probs, prepare, process_bounds)
 from ctr_eval.config import config_hash, config_to_dict
-from ctr_eval.layers import DropoutPlan, set_dropout_plan
+from ctr_eval.global_batch import global_batch_norm, set_dropout_generator
 from ctr_eval.metrics import auc as exact_auc
 from ctr_eval.metrics import logloss as clipped_logloss
 from ctr_eval.models import build_model, model_name_of
@@ -125,8 +125,8 @@ class Trainer:
     The model's name, its config hash and how to build it all follow from ``config`` (a
     registered model's config: see :mod:`ctr_eval.models`). ``model_factory(config,
     item_table)``, for tests and benchmarks, replaces the registered model: an nn.Module
-    with forward(batch) -> logits (B,), ``loss(logits, labels)``, ``regularization_loss()``
-    and ``dropout_row_counts(batch)`` (see :class:`ctr_eval.models.CTRModel`). ``run_dir``
+    with forward(batch) -> logits (B,), ``loss(logits, labels)`` and ``regularization_loss()``
+    (see :class:`ctr_eval.models.CTRModel`). ``run_dir``
     receives run.json, the epoch and best checkpoints and result.json; an existing
     compatible run there is resumed.
     """
@@ -204,13 +204,14 @@ class Trainer:
                     acc.num_processes, acc.device, self.options.mixed_precision)
 
         set_seed(cfg.seed)
-        model = global_batch_norm(self.model_factory(cfg, self.item_table), acc)
+        model = global_batch_norm(self.model_factory(cfg, self.item_table), acc.num_processes,
+                                  acc.device.type)
         optimizer = make_optimizer(model, cfg.learning_rate)
         model, optimizer = prepare(acc, model, optimizer)
-        core = acc.unwrap_model(model)
+        unwrapped = acc.unwrap_model(model)
         state = TrainState()
         if resume is not None:
-            core.load_state_dict(resume["model"])
+            unwrapped.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
             state = TrainState(**resume["state"])
             logger.info("resuming %s after epoch %d (best AUC %.6f at epoch %d)",
@@ -218,13 +219,13 @@ class Trainer:
 
         max_epochs = cfg.epochs if self.options.max_epochs is None else min(cfg.epochs, self.options.max_epochs)
         while not state.finished and state.epoch < max_epochs:
-            record = self._train_epoch(acc, model, core, optimizer, state.epoch)
-            probs = self.predict_probs(acc, core, self.valid_split)
+            record = self._train_epoch(acc, model, unwrapped, optimizer, state.epoch)
+            probs = self.predict_probs(acc, unwrapped, self.valid_split)
             labels = self.valid_split.label.numpy()
             record["valid_auc"] = float(exact_auc(labels, probs))
             record["valid_logloss"] = float(clipped_logloss(labels, probs))
-            self._early_stop_update(acc, core, optimizer, state, record)
-            self._save_epoch_checkpoint(acc, core, optimizer, state)
+            self._early_stop_update(acc, unwrapped, optimizer, state, record)
+            self._save_epoch_checkpoint(acc, unwrapped, optimizer, state)
 
         if not state.finished:
             stopped = "epoch_cap"
@@ -233,8 +234,8 @@ class Trainer:
         else:
             stopped = "config_epochs"
         best = torch.load(self.run_dir / BEST_CHECKPOINT, map_location="cpu", weights_only=False)
-        core.load_state_dict(best["model"])
-        self.model = core
+        unwrapped.load_state_dict(best["model"])
+        self.model = unwrapped
         self.accelerator = acc
         result = self._result(acc, state, stopped)
         if acc.is_main_process:
@@ -244,9 +245,9 @@ class Trainer:
                     result["valid_logloss"], result["best_epoch"], result["epochs_run"], stopped)
         return result
 
-    def _train_epoch(self, acc: Accelerator, model: Any, core: Any, optimizer: Any, epoch: int) -> dict[str, Any]:
+    def _train_epoch(self, acc: Accelerator, model: Any, unwrapped: Any, optimizer: Any, epoch: int) -> dict[str, Any]:
         cfg = self.config
-        p, rank = acc.num_processes, acc.process_index
+        num_processes, rank = acc.num_processes, acc.process_index
         # Re-seed per (epoch, rank): per-process randomness (TransAct's transformer dropout)
         # is reproducible and resume is exact.
         rank_seed = (cfg.seed + 1_000_003 * (epoch + 1) + 7919 * rank) % (2**31)
@@ -256,7 +257,9 @@ class Trainer:
         # The same on every process: global-batch dropout masks (see the module docstring).
         dropout_generator = torch.Generator(device=acc.device)
         dropout_generator.manual_seed((cfg.seed + 1_000_003 * (epoch + 1)) % (2**31))
-        batches = global_batches(len(self.train_split), cfg.batch_size, cfg.seed, epoch, p, cfg.shuffle)
+        set_dropout_generator(unwrapped, dropout_generator)
+        batches = global_batches(len(self.train_split), cfg.batch_size, cfg.seed, epoch, num_processes,
+                                 cfg.shuffle)
         lr = optimizer.param_groups[0]["lr"]
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)  # no per-step sync
@@ -265,42 +268,39 @@ class Trainer:
         started = time.perf_counter()
         for batch_rows in bar:
             global_batch = self.train_split.batch(torch.from_numpy(batch_rows))
-            start, stop = process_bounds(len(batch_rows), rank, p)
-            counts = core.dropout_row_counts(global_batch)
-            set_dropout_plan(core, DropoutPlan(dropout_generator, {
-                kind: (int(c.sum()), int(c[:start].sum())) for kind, c in counts.items()}))
+            start, stop = process_bounds(len(batch_rows), rank, num_processes)
             batch = send_to_device({k: v[start:stop] for k, v in global_batch.items()}, acc.device)
             logits = model(batch)
-            local_mean = core.loss(logits, batch["label"])
+            local_mean = unwrapped.loss(logits, batch["label"])
             bce_sum = local_mean * (stop - start)
             # Scaled so that DDP's average over processes is the global batch mean (factor 1
             # on one process).
-            loss = bce_sum * (p / len(batch_rows)) + core.regularization_loss()
+            loss = bce_sum * (num_processes / len(batch_rows)) + unwrapped.regularization_loss()
             acc.backward(loss)
             if cfg.max_gradient_norm:
                 acc.clip_grad_norm_(model.parameters(), cfg.max_gradient_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += bce_sum.detach().double()
-        set_dropout_plan(core, None)
+        set_dropout_generator(unwrapped, None)
         seconds = time.perf_counter() - started
-        total = acc.reduce(loss_sum, reduction="sum").item() if p > 1 else loss_sum.item()
+        total = acc.reduce(loss_sum, reduction="sum").item() if num_processes > 1 else loss_sum.item()
         n = sum(len(b) for b in batches)
-        reg = float(core.regularization_loss().detach())
+        reg = float(unwrapped.regularization_loss().detach())
         record = {"epoch": epoch + 1, "lr": lr, "train_bce": total / max(n, 1), "reg_loss": reg,
                   "train_samples": n, "train_seconds": seconds, "samples_per_s": n / max(seconds, 1e-9)}
         logger.info("epoch %d: train BCE %.6f (+ reg %.3g), %.0f samples/s, lr %.3g",
                     epoch + 1, record["train_bce"], reg, record["samples_per_s"], lr)
         return record
 
-    def _early_stop_update(self, acc: Accelerator, core: Any, optimizer: Any,
+    def _early_stop_update(self, acc: Accelerator, unwrapped: Any, optimizer: Any,
                            state: TrainState, record: dict[str, Any]) -> None:
         """FuxiCTR's checkpoint_and_earlystop, once per epoch."""
         cfg = self.config
         improved = early_stop_step(state, record, cfg)
         if improved and acc.is_main_process:
             torch_save(self.run_dir / BEST_CHECKPOINT, {
-                "model": _cpu_state(core), "model_name": self.model_name, "epoch": record["epoch"],
+                "model": _cpu_state(unwrapped), "model_name": self.model_name, "epoch": record["epoch"],
                 "config": config_to_dict(cfg), "config_hash": self.config_hash,
                 "item_table_fingerprint": self.fingerprint, "valid_auc": record["valid_auc"],
                 "valid_logloss": record["valid_logloss"]})
@@ -311,10 +311,10 @@ class Trainer:
                     record["valid_logloss"], " (best)" if improved else
                     f" (no gain {state.stopping_steps}/{cfg.early_stop_patience})")
 
-    def _save_epoch_checkpoint(self, acc: Accelerator, core: Any, optimizer: Any, state: TrainState) -> None:
+    def _save_epoch_checkpoint(self, acc: Accelerator, unwrapped: Any, optimizer: Any, state: TrainState) -> None:
         if acc.is_main_process:
             torch_save(self.run_dir / LAST_CHECKPOINT, {
-                "model": _cpu_state(core), "optimizer": optimizer.state_dict(),
+                "model": _cpu_state(unwrapped), "optimizer": optimizer.state_dict(),
                 "state": dataclasses.asdict(state), "config_hash": self.config_hash,
                 "item_table_fingerprint": self.fingerprint,
                 # Recorded for inspection; the per-epoch re-seeding is what makes resume exact.
@@ -323,9 +323,9 @@ class Trainer:
         acc.wait_for_everyone()
 
     # -- evaluation -----------------------------------------------------------------------
-    def predict_probs(self, acc: Accelerator, core: Any, split: Any) -> np.ndarray:
+    def predict_probs(self, acc: Accelerator, unwrapped: Any, split: Any) -> np.ndarray:
         """Click probabilities for every row of ``split``, in row order, on every process."""
-        return predict_probs(acc, core, split, self.options.eval_batch_size or max(self.config.batch_size, 4096),
+        return predict_probs(acc, unwrapped, split, self.options.eval_batch_size or max(self.config.batch_size, 4096),
                              progress=self.options.progress)
 
     def _result(self, acc: Accelerator, state: TrainState, stopped: str) -> dict[str, Any]:

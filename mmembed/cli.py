@@ -297,27 +297,38 @@ def _check_item_info_inputs(args: argparse.Namespace, catalog: Any) -> None:
 
 
 def _write_outputs(embeddings: Any, args: argparse.Namespace) -> list[Path]:
-    """Write --item-info and --out all or nothing: each to a temporary name beside its
-    target first, then all renamed into place."""
-    staged: list[tuple[Path, Path]] = []
+    """Write --item-info and --out all or nothing: every file to a temporary name beside
+    its target first (the item_info read back and checked), then all renamed into place."""
     scratch: list[Path] = []
     try:
-        if args.item_info:
-            target = Path(args.item_info)
-            tmp = _scratch_path(target, scratch, folder=False)
-            _stage(target, lambda: embeddings.save_item_info(tmp, like=args.like))
-            staged.append((tmp, target))
-        if args.out:
-            out = Path(args.out)
-            tmp_dir = _scratch_path(out, scratch, folder=True)
-            _stage(out, lambda: embeddings.save(tmp_dir))
-            staged += [(f, out / f.name) for f in sorted(tmp_dir.iterdir())]
+        staged = _stage_outputs(embeddings, args, scratch)
         for tmp, final in staged:
-            _stage(final, lambda: os.replace(tmp, final))
+            os.replace(tmp, final)  # same folder: no copy, and nothing left to fail but the rename
     finally:
         for path in scratch:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return [final for _, final in staged]
+
+
+def _stage_outputs(embeddings: Any, args: argparse.Namespace, scratch: list[Path]) -> list[tuple[Path, Path]]:
+    """(temporary file, target) pairs, every target's folder made."""
+    staged = []
+    if args.item_info:
+        target = Path(args.item_info)
+        tmp = _scratch_path(target, scratch, folder=False)
+        _stage(target, lambda: embeddings.save_item_info(tmp, like=args.like))
+        staged.append((tmp, target))
+    if args.out:
+        out = Path(args.out)
+        tmp_dir = _scratch_path(out, scratch, folder=True)
+
+        def save() -> None:
+            embeddings.save(tmp_dir)
+            out.mkdir(exist_ok=True)
+
+        _stage(out, save)
+        staged += [(f, out / f.name) for f in sorted(tmp_dir.iterdir())]
+    return staged
 
 
 def _scratch_path(target: Path, scratch: list[Path], folder: bool) -> Path:

@@ -267,3 +267,37 @@ def test_two_processes_split_the_shards_and_agree(stand_in, tmp_path):
     plain = stand_in.CountingEncoder().encode(stand_in.make_catalog(), progress=False)
     for rank in (0, 1):
         np.testing.assert_array_equal(np.load(f"{out}.rank{rank}.npy"), plain.vectors)
+
+
+def test_a_full_disk_names_the_file_and_a_rerun_completes(stand_in, tmp_path, monkeypatch):
+    import errno
+
+    import mmembed.cache as cache
+
+    catalog = stand_in.make_catalog()
+    real_write, written = cache._write_shard, []
+
+    def fills_up(path, features, item_ids):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, features, item_ids)
+        written.append(path)
+
+    monkeypatch.setattr(cache, "_write_shard", fills_up)
+    with pytest.raises(cache.CacheWriteError) as caught:
+        encode_cached(stand_in.CountingEncoder(), catalog, cache_dir=tmp_path, shard_size=10, progress=False)
+    folder = next(tmp_path.glob("counting-*"))
+    third = folder / "shard-000000020-000000030.npz"
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(third)
+    assert str(caught.value) == f"cannot write feature cache file {third}: No space left on device"
+    # Only whole files are left: two shards and the (incomplete) manifest.
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["manifest.json", *(p.name for p in written)])
+    assert json.loads((folder / "manifest.json").read_text())["complete"] is False
+
+    monkeypatch.setattr(cache, "_write_shard", real_write)
+    counter = tmp_path / "calls.txt"
+    feats = encode_cached(stand_in.CountingEncoder(counter=str(counter)), catalog, cache_dir=tmp_path,
+                          shard_size=10, progress=False)
+    assert [c[1] for c in _calls(counter)] == [21, 31, 41]
+    np.testing.assert_array_equal(feats.vectors, stand_in.CountingEncoder().encode(catalog, progress=False).vectors)
+    assert json.loads((folder / "manifest.json").read_text())["complete"] is True

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from ctr_eval.layers import (CrossNetV2, DINAttention, DropoutPlan, GlobalBatchDropout, ItemEncoder, MLPBlock,
+from ctr_eval.global_batch import GlobalBatchDropout, set_dropout_generator
+from ctr_eval.layers import (CrossNetV2, DINAttention, ItemEmbedding, MLPBlock,
                              fuxictr_reset_linear, norm_penalty)
 
 
@@ -127,7 +128,7 @@ def test_item_encoder_layout_and_masked_mean():
     tags = torch.tensor([[0, 0, 0, 0, 0], [1, 2, 0, 0, 0], [3, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
     emb = torch.randn(4, 128)
     emb[0] = 0
-    enc = ItemEncoder(tags, emb, embedding_dim=4)
+    enc = ItemEmbedding(tags, emb, embedding_dim=4)
     enc.reset_embeddings(std=1.0)
     out = enc(torch.tensor([1, 2, 3, 0]))
     assert out.shape == (4, 4 + 4 + 128) and enc.output_dim == 136
@@ -169,55 +170,60 @@ def test_batch_unique_equals_torch_unique():
     assert torch.equal(values, expected_values) and torch.equal(inverse, expected_inverse)
 
 
-def _plan(seed: int, global_rows: int, first: int, kind: str = "sample") -> DropoutPlan:
-    return DropoutPlan(torch.Generator().manual_seed(seed), {kind: (global_rows, first)})
+def _dropout_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    x = torch.rand(17, 40, generator=torch.Generator().manual_seed(3)) + 0.5
+    drop = GlobalBatchDropout(0.3).train()
+    drop.generator = torch.Generator().manual_seed(11)
+    rows = slice(0, 7) if rank == 0 else slice(7, 17)  # unequal shares on purpose
+    torch.save(drop(x[rows]), f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
 
 
-def test_global_batch_dropout_slices_the_one_process_mask():
-    # Two "processes" holding rows 0..6 and 7..16 of a 17-row global batch apply exactly
-    # the masks one process draws for all 17 rows.
-    drop = GlobalBatchDropout(0.3, rows="position").train()
-    x = torch.rand(17, 40) + 0.5
-    drop.plan = _plan(11, 17, 0, "position")
+def test_global_batch_dropout_across_two_processes_slices_the_one_process_mask(tmp_path):
+    # Two processes holding rows 0..6 and 7..16 of a 17-row global batch apply exactly
+    # the masks one process draws for all 17 rows; each finds its rows by itself.
+    import torch.multiprocessing as mp
+
+    mp.spawn(_dropout_worker, args=(str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    x = torch.rand(17, 40, generator=torch.Generator().manual_seed(3)) + 0.5
+    drop = GlobalBatchDropout(0.3).train()
+    drop.generator = torch.Generator().manual_seed(11)
     whole = drop(x)
-    parts = []
-    for first, stop in ((0, 7), (7, 17)):
-        drop.plan = _plan(11, 17, first, "position")
-        parts.append(drop(x[first:stop]))
     torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
     kept = whole != 0
     torch.testing.assert_close(whole[kept], (x / 0.7)[kept])
     assert 0.5 < kept.float().mean().item() < 0.9  # 0.7 expected over 680 draws
     # a different seed draws different masks; evaluation mode is the identity
-    drop.plan = _plan(12, 17, 0, "position")
+    drop.generator = torch.Generator().manual_seed(12)
     assert not torch.equal(drop(x) != 0, kept)
     assert torch.equal(drop.eval()(x), x)
 
 
-def test_global_batch_dropout_without_plan_is_plain_dropout_and_checks_its_plan():
+def test_global_batch_dropout_without_generator_is_plain_dropout():
     drop = GlobalBatchDropout(0.5).train()
     out = drop(torch.ones(4000))
     assert set(out.unique().tolist()) == {0.0, 2.0}
     assert abs((out == 0).float().mean().item() - 0.5) < 0.05
-    drop.plan = _plan(0, 10, 8)
-    with pytest.raises(RuntimeError, match=r"covers 10 rows, but this input needs rows 8\.\.11"):
-        drop(torch.ones(4, 3))
     with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\), got 1.0"):
         GlobalBatchDropout(1.0)
 
 
-def test_din_dropout_plan_counts_attended_positions():
+def test_set_dropout_generator_reaches_every_dropout_layer():
     from ctr_eval.config import DINConfig
     from ctr_eval.data import ItemTable
     from ctr_eval.models import build_model
 
     table = ItemTable(tags=torch.zeros(6, 5, dtype=torch.long), emb=torch.rand(6, 128))
     table.emb[0] = 0
-    batch = {"item_id": torch.tensor([1, 2]), "item_seq": torch.tensor([[0, 0, 3], [4, 5, 1]])}
-    exact = build_model("din", DINConfig(), table).dropout_row_counts(batch)
-    plain = build_model("din", DINConfig(), table, attention_impl="plain").dropout_row_counts(batch)
-    assert exact["sample"].tolist() == [1, 1] and exact["position"].tolist() == [1, 3]
-    assert plain["position"].tolist() == [3, 3]
-    layers = build_model("din", DINConfig(), table)
-    rows = {m.rows for m in layers.modules() if isinstance(m, GlobalBatchDropout)}
-    assert rows == {"sample", "position"}  # attention MLP and DNN (net_dropout 0.1 default)
+    model = build_model("din", DINConfig(), table)
+    layers = [m for m in model.modules() if isinstance(m, GlobalBatchDropout)]
+    assert len(layers) == 5  # attention MLP (2 hidden layers) and DNN (3), net_dropout 0.1
+    generator = torch.Generator()
+    set_dropout_generator(model, generator)
+    assert all(m.generator is generator for m in layers)
+    set_dropout_generator(model, None)
+    assert all(m.generator is None for m in layers)

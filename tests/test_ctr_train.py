@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from ctr_eval.config import config_hash, resolve_config
-from ctr_eval.layers import GlobalBatchDropout
+from ctr_eval.global_batch import GlobalBatchDropout, GlobalBatchNorm1d
 from ctr_eval.models import ctr_loss
-from ctr_eval._runtime import GlobalBatchNorm1d, global_batches, make_accelerator, process_slice
+from ctr_eval._runtime import global_batches, make_accelerator, process_slice
 from ctr_eval.train import (BEST_CHECKPOINT, LAST_CHECKPOINT, RESULT_FILE, RunOptions, Trainer,
                             TrainState, early_stop_step)
 
@@ -68,9 +68,6 @@ class StandInModel(nn.Module):
 
     def loss(self, logits, labels):
         return ctr_loss(logits, labels)
-
-    def dropout_row_counts(self, batch):
-        return {"sample": torch.ones(len(batch["item_id"]), dtype=torch.long)}
 
     def regularization_loss(self):
         return (self.reg / 2) * self.item.weight.pow(2).sum()
@@ -175,7 +172,7 @@ def test_run_options_are_checked():
         RunOptions(mixed_precision="fp8").check()
     with pytest.raises(ValueError, match="device must be one of"):
         RunOptions(device="gpu").check()
-    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+    with pytest.raises(ValueError, match="num_threads must be a positive integer or None, got 0"):
         RunOptions(num_threads=0).check()
 
 

@@ -307,7 +307,7 @@ def test_bad_arguments_are_rejected_before_any_work(tmp_path):
         generate(tmp_path / "b", seed=-1)
     with pytest.raises(TypeError, match="scale must be a name or a SyntheticScale, got int"):
         generate(tmp_path / "c", scale=3)
-    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
         generate(tmp_path / "d", workers=0)
     busy = tmp_path / "busy"
     busy.mkdir()

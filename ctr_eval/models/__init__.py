@@ -24,7 +24,7 @@ from torch import nn
 
 from ..config import DINConfig, TransActConfig, parse_regularizer
 from ..data import ItemTable
-from ..layers import ItemEncoder, batch_unique, fuxictr_reset_linear, norm_penalty
+from ..layers import ItemEmbedding, batch_unique, fuxictr_reset_linear, norm_penalty
 from ..registry import Registry
 
 __all__ = ["MODELS", "build_model", "config_class", "list_models", "model_name_of",
@@ -57,7 +57,7 @@ class CTRModel(nn.Module):
             raise ValueError(f"item embeddings are {item_table.emb.shape[1]}-d; the model expects "
                              f"{config.pretrained_dim}")
         d = config.embedding_dim
-        self.items = ItemEncoder(item_table.tags, item_table.emb, d)
+        self.items = ItemEmbedding(item_table.tags, item_table.emb, d)
         # likes/views level 0 hits padding_idx 0: a fixed zero vector, as in FuxiCTR
         self.likes_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
         self.views_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
@@ -93,11 +93,6 @@ class CTRModel(nn.Module):
         unique_ids, index = batch_unique(torch.cat([target.reshape(-1), seq.reshape(-1)]),
                                          self.items.num_rows)
         return self.items(unique_ids), index[:batch], index[batch:].reshape(batch, length)
-
-    def dropout_row_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per sample of ``batch``, how many rows it puts into dropout layers of each row
-        kind (see :class:`ctr_eval.layers.DropoutPlan`): one "sample" row each."""
-        return {"sample": torch.ones(len(batch["item_id"]), dtype=torch.long)}
 
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.sigmoid(self(batch).float())

@@ -64,17 +64,6 @@ class DIN(CTRModel):
         index = torch.arange(all_ids.numel(), device=all_ids.device)
         return self.items(all_ids), index[:batch], index[batch:].reshape(batch, length)
 
-    def dropout_row_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Attention MLP rows per sample: its real history positions (exact form) or all
-        positions (plain form)."""
-        counts = super().dropout_row_counts(batch)
-        seq = batch["item_seq"]
-        if self.attention_impl == "plain":
-            counts["position"] = torch.full((seq.shape[0],), seq.shape[1], dtype=torch.long)
-        else:
-            counts["position"] = (seq != 0).sum(dim=1)
-        return counts
-
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["item_id"].long()
         seq = batch["item_seq"].long()

@@ -18,17 +18,15 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ctr_eval.checks import check_positive_int
-from ctr_eval.format import atomic_path
+from ctr_eval.format import EMBEDDING_DIM, SPLIT_DIR_NAME, SPLITS, atomic_path
+
 from . import behaviour, images, latent, text, writer
 from .latent import LATENT_DIM, ItemTruth, rng_for
 from .scales import SCALES, SyntheticScale
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR = "MicroLens_1M_x1"
 ORACLE_DIR = "oracle"
-EMB_DIM = 128
-_SPLITS = ("train", "valid", "test")
 # Released 128-d embeddings: (name, noise on the content view, image-only weight, uses text).
 RELEASED_VARIANTS = (
     ("v1", 0.8, 0.5),  # also item_info's item_emb_d128: modest quality
@@ -56,8 +54,8 @@ def released_embeddings(items: ItemTruth, seed: int) -> dict[str, np.ndarray]:
         view = np.concatenate([items.latent[:, s["text_only"]], items.latent[:, s["shared"]],
                                image_weight * items.latent[:, s["image_only"]]], axis=1)
         view = view + noise * rng.standard_normal(view.shape)
-        projection = rng.standard_normal((view.shape[1], EMB_DIM)) / np.sqrt(view.shape[1])
-        emb = view @ projection + 0.1 * rng.standard_normal((len(view), EMB_DIM))
+        projection = rng.standard_normal((view.shape[1], EMBEDDING_DIM)) / np.sqrt(view.shape[1])
+        emb = view @ projection + 0.1 * rng.standard_normal((len(view), EMBEDDING_DIM))
         out[name] = emb.astype(np.float32)
     return out
 
@@ -85,11 +83,11 @@ def _write_items(root: Path, items: ItemTruth, titles: list[str], tags: np.ndarr
         pa.array(items.likes_level), pa.array(items.views_level),
     ], schema=writer.ITEM_FEATURE_SCHEMA), root / "item_feature.parquet")
     padded_tags = np.vstack([np.zeros((1, tags.shape[1]), np.int64), tags])
-    padded_emb = np.vstack([np.zeros((1, EMB_DIM), np.float32), released["v1"]])
+    padded_emb = np.vstack([np.zeros((1, EMBEDDING_DIM), np.float32), released["v1"]])
     _write_table(pa.Table.from_arrays([
         pa.array(np.arange(n + 1, dtype=np.int64)), writer.list_column(padded_tags, pa.int64()),
         writer.list_column(padded_emb, pa.float32()),
-    ], schema=writer.ITEM_INFO_SCHEMA), root / DATA_DIR / "item_info.parquet")
+    ], schema=writer.ITEM_INFO_SCHEMA), root / SPLIT_DIR_NAME / "item_info.parquet")
     _write_table(pa.Table.from_arrays(
         [pa.array(ids)] + [writer.list_column(released[k], pa.float32()) for k in released],
         schema=writer.item_emb_schema(len(released))), root / "item_emb.parquet")
@@ -166,7 +164,7 @@ def _prepare_root(root: str | os.PathLike, overwrite: bool, image_zip: bool,
         )
     if overwrite:
         _remove_stale_images(root, keep=("zip" if image_zip else "folder") if with_images else None)
-    (root / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    (root / SPLIT_DIR_NAME).mkdir(parents=True, exist_ok=True)
     (root / ORACLE_DIR).mkdir(parents=True, exist_ok=True)
     return root
 
@@ -190,14 +188,14 @@ class _BehaviourStats:
 
     user_vectors: np.ndarray  # (n_users + 1, LATENT_DIM), row 0 zero
     test_labels: list[np.ndarray] = field(default_factory=list)  # per chunk, in row order
-    positives: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SPLITS, 0))
-    new_targets: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SPLITS, 0))
+    positives: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    new_targets: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
 
 
 def _open_row_sinks(stack: contextlib.ExitStack, root: Path) -> dict[str, pq.ParquetWriter]:
     """Parquet writers for the three splits and item_seq, each into an atomic temp path."""
-    paths = {"train": root / DATA_DIR / "train.parquet", "valid": root / DATA_DIR / "valid.parquet",
-             "test": root / DATA_DIR / "test.parquet", "item_seq": root / "item_seq.parquet"}
+    paths = {"train": root / SPLIT_DIR_NAME / "train.parquet", "valid": root / SPLIT_DIR_NAME / "valid.parquet",
+             "test": root / SPLIT_DIR_NAME / "test.parquet", "item_seq": root / "item_seq.parquet"}
     tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items()}
     return {
         "train": stack.enter_context(pq.ParquetWriter(tmp["train"], writer.TRAIN_SCHEMA)),
@@ -215,10 +213,10 @@ def _simulate_users(items: ItemTruth, tables: tuple[behaviour.PopularityTable, .
     stop = min(start + cfg.user_chunk, cfg.n_users)
     users = latent.make_users(stop - start, seed, chunk)
     counts = {k: behaviour.allocate(getattr(cfg, f"n_{k}"), start, stop, cfg.n_users)
-              for k in _SPLITS}
+              for k in SPLITS}
     # Positives spread over chunks like rows, so each split has exactly 25% overall.
     pos = {k: behaviour.allocate(_n_positive(getattr(cfg, f"n_{k}")), start, stop,
-                                 cfg.n_users) for k in _SPLITS}
+                                 cfg.n_users) for k in SPLITS}
     result = behaviour.simulate_chunk(items, tables, users, start + 1, counts, pos,
                                       cfg, seed, chunk)
     return users, result
