@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-__all__ = ["check_positive_int"]
+__all__ = ["check_positive_int", "positive_int_arg"]
 
 
 def check_positive_int(name: str, value: Any, allow_none: bool = False) -> Any:
@@ -24,3 +24,16 @@ def check_positive_int(name: str, value: Any, allow_none: bool = False) -> Any:
     if value < 1:
         raise ValueError(f"{name} must be {wanted}, got {value}")
     return int(value)
+
+
+def positive_int_arg(text: str) -> int:
+    """An argparse ``type=``: the flag's text as an integer >= 1, else a usage error."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value

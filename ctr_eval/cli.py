@@ -26,10 +26,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ctr_eval.checks import positive_int_arg
 from ctr_eval.submission import TASK_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ def default_run_dir(model: str, cfg_hash: str, data_dir: str, item_info: str | N
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctr-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="on an error, show the Python traceback, not just one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train on train.parquet, report validation AUC/logloss")
@@ -74,12 +78,12 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task1", dest="task1", action="store_true", default=None,
                        help="Task 1 mode: the fixed DIN (default for din)")
     train.add_argument("--no-task1", dest="task1", action="store_false", help="free configuration")
-    train.add_argument("--max-epochs", type=int, default=None, help="cap on the config's epochs")
+    train.add_argument("--max-epochs", type=positive_int_arg, default=None, help="cap on the config's epochs")
     train.add_argument("--run-dir", default=None,
                        help="run folder (default ctr_eval_runs/<model>-<hash>-<data>); resumed if present")
     train.add_argument("--device", choices=["cpu", "cuda"], default=None)
     train.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
-    train.add_argument("--threads", type=int, default=None,
+    train.add_argument("--threads", type=positive_int_arg, default=None,
                        help="torch CPU threads per process (default: cores / processes)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -97,6 +101,8 @@ def _build_parser() -> argparse.ArgumentParser:
     for command in (train, pred):  # -q also after the command name
         command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                              help="log warnings only")
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="on an error, show the Python traceback")
     return parser
 
 
@@ -122,6 +128,28 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f"{h['epoch']:>5}  {h['train_bce']:>9.5f}  {h['valid_auc']:>9.6f}  "
                      f"{h['valid_logloss']:>8.5f}  {h['lr']:>8.2g}  {h['samples_per_s']:>9.0f}{mark}")
     return "\n".join(lines)
+
+
+# Python argument names in library messages -> the flags a CLI user typed.
+_FLAGS = {
+    r"\btask1=False\b": "--no-task1",
+    r"\btask1=True\b": "--task1",
+    r"\brun_dir\b": "--run-dir",
+    r"\bitem_info=": "--item-info ",
+    r"\bmax_epochs\b": "--max-epochs",
+    r"\bnum_threads\b": "--threads",
+    r"\bmixed_precision\b": "--mixed-precision",
+    r"\bdata_dir\b": "--data",
+    r"\bout_dir\b": "--out",
+}
+
+
+def cli_message(err: BaseException) -> str:
+    """The error's message with Python argument names replaced by CLI flags."""
+    text = str(err)
+    for pattern, flag in _FLAGS.items():
+        text = re.sub(pattern, flag, text)
+    return text
 
 
 def _is_main_process() -> bool:
@@ -170,8 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return _train(args)
         return _predict(args)
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as err:
-        print(f"ctr-eval: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as err:
+        if args.verbose:
+            raise
+        print(f"ctr-eval {args.command}: error: {cli_message(err)}", file=sys.stderr)
         return 2
 
 

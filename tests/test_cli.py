@@ -163,7 +163,7 @@ BAD_EXTRACT_ARGS = [
     (["--fusion", "none"], r"--item-info writes .* but --fusion none gives 256 dims; use --dim 128"),
     (["--fusion", "none", "--dim", "16", NO_ITEM_INFO], r"--fusion none keeps the encoders' features as they are \(256 dims .* but --dim is 16"),
     (["--fusion", "pca"], r"--fusion pca: unknown fusion head 'pca'"),
-    (["--fusion", "concat_pca:dim=16", "--dim", "32"], r"--fusion concat_pca:dim=16 sets dim=16 but --dim is 32"),
+    (["--fusion", "concat_pca:dim=16", "--dim", "32", NO_ITEM_INFO], r"--fusion concat_pca:dim=16 sets dim=16 but --dim is 32"),
     (["--dim", "300", NO_ITEM_INFO], r"--dim 300: concat_pca: dim=300 exceeds .*choose dim <= 256"),
     (["--encoder", "sbrt"], r"--encoder sbrt: unknown encoder 'sbrt'"),
     (["--item-info", "{tmp}"], r"--item-info \S+ is a folder; give the file to write"),

@@ -62,6 +62,22 @@ def test_evaluate_returns_the_documented_result(tiny_root, tmp_path):
     assert run["config_hash"] == result["config_hash"] and run["config"] == result["config"]
 
 
+def test_evaluate_without_run_dir_leaves_no_temporary_folder(tiny_root, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+    result = small_eval(tiny_root, None, max_epochs=1)
+    assert result["run_dir"] is None and 0.0 <= result["valid_auc"] <= 1.0
+    assert len(made) == 1 and made[0].startswith(str(scratch / "ctr_eval_din_"))
+    # (torch may leave its own compile cache, torchinductor_<user>, there: not ours)
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("ctr_eval")] == []
+
+
 def test_evaluate_accepts_the_split_folder_and_an_array(tiny_root, tmp_path):
     table = oracle_table(tiny_root)
     result = small_eval(tiny_root / "MicroLens_1M_x1", tmp_path / "run", item_info=table, max_epochs=1)
@@ -112,7 +128,7 @@ def test_item_ids_missing_from_the_table_are_refused(tiny_copy, tmp_path):
 
 def test_labels_outside_0_1_are_refused(tiny_copy, tmp_path):
     set_values(tiny_copy / "MicroLens_1M_x1" / "train.parquet", "label", [3], 2)
-    with pytest.raises(ValueError, match=r"train.parquet: column label, row 3 holds 2; labels must be 0 or 1"):
+    with pytest.raises(ValueError, match=r"train.parquet: column 'label' row 3 holds 2; labels must be 0 or 1"):
         small_eval(tiny_copy, tmp_path / "run", max_epochs=1)
 
 

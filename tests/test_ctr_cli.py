@@ -55,6 +55,11 @@ def test_train_then_predict(tiny_root, tmp_path, capsys):
     task, scores = read_submission(tmp_path / "sub" / "submission.zip")
     n_test = pq.ParquetFile(tiny_root / "MicroLens_1M_x1" / "test.parquet").metadata.num_rows
     assert task == "Task1&2" and len(scores) == n_test
+    # written atomically, yet with the usual umask mode (mkstemp alone leaves 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (run_dir / RESULT_FILE, tmp_path / "sub" / "submission.zip", run_dir / "model_best.pt"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask != 0o600, path
 
 
 def test_train_json_output(tiny_root, tmp_path, capsys):
@@ -69,13 +74,40 @@ def test_task1_lock_is_reported_as_a_usage_error(tiny_root, tmp_path, capsys):
     code = main(["train", "--data", str(tiny_root), "--set", "embedding_dim=8", "--run-dir", str(tmp_path / "r")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "ctr-eval: error: Task 1 mode fixes the DIN configuration: embedding_dim may not change" in err
+    assert "ctr-eval train: error: Task 1 mode fixes the DIN configuration: embedding_dim may not change" in err
+    assert "(pass --no-task1 for a free run)" in err and "task1=False" not in err
     assert not (tmp_path / "r").exists()
 
 
 def test_missing_data_dir_is_reported(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r")]) == 2
-    assert f"data_dir {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+    assert f"{tmp_path / 'nope'}: data directory not found" in capsys.readouterr().err
+
+
+def test_a_different_run_in_the_run_dir_names_the_flag(tiny_root, tmp_path, capsys):
+    base = ["-q", "train", "--data", str(tiny_root), *SMALL_SETS, "--max-epochs", "1", "--no-progress",
+            "--run-dir", str(tmp_path / "run")]
+    assert main(base) == 0
+    assert main([*base, "--set", "learning_rate=0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a different run" in err and "pass a new --run-dir" in err and "run_dir" not in err
+
+
+@pytest.mark.parametrize("name", ["train", "valid", "item_info"])
+def test_truncated_parquet_is_named(tiny_copy, tmp_path, capsys, name):
+    path = tiny_copy / "MicroLens_1M_x1" / f"{name}.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert main(["train", "--data", str(tiny_copy), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: not a readable parquet file (truncated or corrupt?)" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_numbers_are_usage_errors(tiny_root, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", str(tiny_root), "--max-epochs", "0"])
+    assert exit_info.value.code == 2
+    assert "--max-epochs: must be a positive integer, got '0'" in capsys.readouterr().err
 
 
 def test_models_lists_the_registry(capsys):
