@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ctr_eval.checks import check_positive_int
 from ctr_eval.format import atomic_path
 from mmembed.item_info import tags_from, check_item_info, write_item_info  # noqa: F401 (re-exported)
 
@@ -197,8 +198,7 @@ def _build_models(encoders: Any, fusion: Any, dim: int | None) -> tuple[list[Any
     """(encoders, their labels, fusion head or None), every width rule checked."""
     from mmembed.encoders import Encoder, create_encoder
 
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1):
-        raise ValueError(f"dim must be a positive integer or None, got {dim!r}")
+    check_positive_int("dim", dim, allow_none=True)
     specs = [encoders] if isinstance(encoders, (str, Mapping, Encoder)) else list(encoders)
     built = [create_encoder(spec) for spec in specs]
     if not built:

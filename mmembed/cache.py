@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mmembed._distributed import current_process
+from ctr_eval.checks import check_positive_int
 from ctr_eval.format import atomic_path
 from mmembed.encoders.base import EncodedFeatures
 
@@ -110,12 +111,6 @@ def cache_entry_dir(encoder: Any, catalog: Any, cache_dir: str | Path | None = N
 
 def _shard_path(folder: Path, start: int, stop: int) -> Path:
     return folder / f"shard-{start:09d}-{stop:09d}.npz"
-
-
-def _check_positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -205,7 +200,7 @@ def encode_cached(
     Returns EncodedFeatures with ``info["cache"]`` = {dir, key, hit, shards, computed}.
     A cache file that cannot be written raises :class:`CacheWriteError` naming it.
     """
-    shard_size = _check_positive_int(shard_size, "shard_size")
+    shard_size = check_positive_int("shard_size", shard_size)
     key, parts = feature_key(encoder, catalog, fingerprint)  # resolves weights and fingerprint: fails early
     if len(catalog) == 0:
         return encoder.encode(catalog, batch_size=batch_size, progress=False, num_workers=num_workers)

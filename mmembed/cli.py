@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctr_eval.checks import positive_int_arg
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENCODERS = ("sbert", "clip")
@@ -34,16 +36,6 @@ class CommandError(Exception):
 def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -416,15 +408,15 @@ def _add_extract(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", action="append", default=[], metavar="SPEC",
                    help="NAME, NAME:key=value,... or JSON; repeatable (default: sbert and clip)")
     p.add_argument("--fusion", default="concat_pca", help="fusion head spec, or 'none'")
-    p.add_argument("--dim", type=_positive_int,
+    p.add_argument("--dim", type=positive_int_arg,
                    help="output width (default 128; with --fusion none, the features' own width)")
     p.add_argument("--out", help="folder for the embeddings (npz) and their provenance")
     p.add_argument("--item-info", help="write a challenge-format item_info.parquet here")
     p.add_argument("--like", help="item_info.parquet (or dataset) to take item_tags from")
     p.add_argument("--cache-dir", help="feature cache (default $MMEMBED_CACHE or ~/.cache/mmembed/features)")
-    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--batch-size", type=positive_int_arg)
     p.add_argument("--num-workers", type=_non_negative_int, help="image-decoding DataLoader workers")
-    p.add_argument("--shard-size", type=_positive_int, default=4096, help="items per cache shard")
+    p.add_argument("--shard-size", type=positive_int_arg, default=4096, help="items per cache shard")
     p.set_defaults(func=cmd_extract)
 
 

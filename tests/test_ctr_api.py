@@ -6,7 +6,6 @@ Task-1 DIN itself is trained in the slow oracle-vs-random test.
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,7 +14,7 @@ import torch
 
 import ctr_eval
 from ctr_eval.submission import read_submission
-from ctr_eval.train import BEST_CHECKPOINT, LAST_CHECKPOINT, RESULT_FILE, RUN_FILE
+from ctr_eval.train import LAST_CHECKPOINT, RESULT_FILE, RUN_FILE
 
 from _parquet_edit import set_values
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from ctr_eval.config import config_hash, resolve_config
+from ctr_eval.config import resolve_config
 from ctr_eval.global_batch import GlobalBatchDropout, GlobalBatchNorm1d
 from ctr_eval.models import ctr_loss
-from ctr_eval._runtime import global_batches, make_accelerator, process_slice
+from ctr_eval._runtime import global_batches, process_slice
 from ctr_eval.train import (BEST_CHECKPOINT, LAST_CHECKPOINT, RESULT_FILE, RunOptions, Trainer,
                             TrainState, early_stop_step)
 

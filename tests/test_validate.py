@@ -247,7 +247,7 @@ def test_missing_data_dir(tmp_path):
 
 
 def test_bad_tag_vocab_argument(tiny_root):
-    with pytest.raises(ValueError, match="tag_vocab must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="tag_vocab must be a positive integer, got 0"):
         validate_dataset(tiny_root, tag_vocab=0)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import MAX_COVER_PIXELS, ImageSource, classify_covers, open_image_source
+from ctr_eval.checks import check_positive_int
 from ctr_eval.format import (EXPECTED_LAYOUT, SPLITS, DatasetError, DatasetLayout, MissingFileError,
                              find_layout, open_parquet)
 from .validate_rules import (Context, Findings, check_item_emb, check_item_feature,
@@ -170,8 +171,7 @@ def validate_dataset(data_dir: str | os.PathLike, require_images: bool = False,
     ``check_images=False`` skips the image scan (``require_images`` then has no effect).
     Returns a report; call ``report.raise_if_failed()`` to stop on problems.
     """
-    if tag_vocab < 1:
-        raise ValueError(f"tag_vocab must be >= 1, got {tag_vocab}")
+    check_positive_int("tag_vocab", tag_vocab)
     stats = ImageStats()
     try:
         layout = find_layout(data_dir)
@@ -180,47 +180,16 @@ def validate_dataset(data_dir: str | os.PathLike, require_images: bool = False,
         return ValidationReport(Path(data_dir), [problem], stats, {})
     findings = Findings(max_examples)
     ctx = Context(layout.root, findings, None, tag_vocab)
-    rows: dict[str, int | None] = {}
     notes: list[str] = []
     for name in REQUIRED_FILES:
         if not layout.has(name):
             findings.add(ctx.name(layout.path(name)), None, None, f"file not found ({EXPECTED_LAYOUT})")
-    if layout.has("item_info"):
-        ctx.n_items = item_count(layout.item_info)
-        if ctx.n_items == 0:
-            findings.add(ctx.name(layout.item_info), None, None,
-                         "needs N+1 rows (row 0 = padding, row i = item i); found none")
-    feature_ids = None
-    if layout.has("item_feature") and ctx.n_items is None:
-        # Without a readable item_info, N comes from item_feature's largest id.
-        _, feature_ids = check_item_feature(Context(layout.root, Findings(1), None, tag_vocab),
-                                            layout.item_feature)
-        if feature_ids is not None and len(feature_ids):
-            ctx.n_items = int(feature_ids.max())
-            notes.append(f"N = {ctx.n_items} taken from item_feature.parquet (no readable item_info)")
-    if ctx.n_items is None:
-        notes.append("item id ranges not checked: neither item_info nor item_feature is readable")
-
-    checks = {
-        "item_info": lambda path: check_item_info_file(ctx, path),
-        "item_feature": lambda path: check_item_feature(ctx, path),
-        **{split: (lambda path, s=split: check_split(ctx, path, s)) for split in SPLITS},
-        "item_emb": lambda path: check_item_emb(ctx, path),
-        "item_seq": lambda path: check_user_sequences(ctx, path),
-    }
-    for name, check in checks.items():
-        if not layout.has(name):
-            rows[name] = None
-            continue
-        logger.info("checking %s", layout.path(name))
-        result = check(layout.path(name))
-        if name == "item_feature":
-            result, feature_ids = result
-        rows[name] = result if _readable(layout.path(name)) else None
+    feature_ids = _count_items(ctx, layout, notes)
+    rows, checked_ids = _check_files(ctx, layout)
+    feature_ids = checked_ids if checked_ids is not None else feature_ids
     for name in OPTIONAL_FILES:
         if not layout.has(name):
             notes.append(f"{ctx.name(layout.path(name))} absent (optional)")
-
     if check_images:
         if feature_ids is not None:
             item_ids = np.unique(feature_ids[feature_ids > 0])
@@ -231,3 +200,47 @@ def validate_dataset(data_dir: str | os.PathLike, require_images: bool = False,
             _image_problems(ctx, layout, stats)
     problems = [Problem(*entry) for entry in findings.messages()]
     return ValidationReport(layout.root, problems, stats, rows, notes)
+
+
+def _count_items(ctx: Context, layout: DatasetLayout, notes: list[str]) -> np.ndarray | None:
+    """Set ``ctx.n_items`` (N) from item_info, else from item_feature's largest id; returns
+    item_feature's ids when it had to read them."""
+    feature_ids = None
+    if layout.has("item_info"):
+        ctx.n_items = item_count(layout.item_info)
+        if ctx.n_items == 0:
+            ctx.findings.add(ctx.name(layout.item_info), None, None,
+                             "needs N+1 rows (row 0 = padding, row i = item i); found none")
+    if layout.has("item_feature") and ctx.n_items is None:
+        quiet = Context(layout.root, Findings(1), None, ctx.tag_vocab)  # its findings come later
+        _, feature_ids = check_item_feature(quiet, layout.item_feature)
+        if feature_ids is not None and len(feature_ids):
+            ctx.n_items = int(feature_ids.max())
+            notes.append(f"N = {ctx.n_items} taken from item_feature.parquet (no readable item_info)")
+    if ctx.n_items is None:
+        notes.append("item id ranges not checked: neither item_info nor item_feature is readable")
+    return feature_ids
+
+
+def _check_files(ctx: Context, layout: DatasetLayout) -> tuple[dict[str, int | None], np.ndarray | None]:
+    """Run every file's rules; (rows read per file (None: absent or unreadable), the item
+    ids of item_feature when it was read)."""
+    checks = {
+        "item_info": lambda path: check_item_info_file(ctx, path),
+        "item_feature": lambda path: check_item_feature(ctx, path),
+        **{split: (lambda path, s=split: check_split(ctx, path, s)) for split in SPLITS},
+        "item_emb": lambda path: check_item_emb(ctx, path),
+        "item_seq": lambda path: check_user_sequences(ctx, path),
+    }
+    rows: dict[str, int | None] = {}
+    feature_ids = None
+    for name, check in checks.items():
+        if not layout.has(name):
+            rows[name] = None
+            continue
+        logger.info("checking %s", layout.path(name))
+        result = check(layout.path(name))
+        if name == "item_feature":
+            result, feature_ids = result
+        rows[name] = result if _readable(layout.path(name)) else None
+    return rows, feature_ids
