@@ -31,6 +31,7 @@ from typing import Any, Union
 
 __all__ = [
     "DINConfig",
+    "TrainingConfig",
     "TransActConfig",
     "TASK1_TUNABLE",
     "resolve_config",
@@ -47,10 +48,11 @@ TASK1_TUNABLE = frozenset(
 
 
 @dataclass(frozen=True)
-class _TrainingFields:
-    """Training behaviour both models share: FuxiCTR BaseModel's defaults (rank_model.py:
+class TrainingConfig:
+    """Training behaviour every model shares: FuxiCTR BaseModel's defaults (rank_model.py:
     Adam, gradient norm clipped to 10, lr x0.1 on a non-improving epoch down to 1e-6,
-    early stopping on validation AUC with min_delta 1e-6)."""
+    early stopping on validation AUC with min_delta 1e-6). A model's config subclasses it
+    as a frozen dataclass (see docs/plugins.md)."""
 
     optimizer: str = "adam"
     epochs: int = 100
@@ -65,7 +67,7 @@ class _TrainingFields:
 
 
 @dataclass(frozen=True)
-class DINConfig(_TrainingFields):
+class DINConfig(TrainingConfig):
     """The challenge's DIN (Task 1), as the official baseline resolves it.
 
     Architecture (FuxiCTR DIN + the challenge's ``src/DIN.py``): an item is
@@ -98,7 +100,7 @@ class DINConfig(_TrainingFields):
 
 
 @dataclass(frozen=True)
-class TransActConfig(_TrainingFields):
+class TransActConfig(TrainingConfig):
     """The 1st-place Task 2 model: Transformer over [history item | target] + DCNv2.
 
     Values from its published model config: 2 encoder layers, 1 head, feed-forward 256,
@@ -194,7 +196,11 @@ def parse_regularizer(reg: Regularizer | None) -> list[tuple[int, float]]:
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
     """Check and normalise one override against the dataclass field's declared type."""
-    field_type = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    declared = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    # a string under `from __future__ import annotations`, else the type itself
+    field_type = declared if isinstance(declared, str) else getattr(declared, "__name__", str(declared))
+    if field_type == "tuple":  # a generic alias such as tuple[int, ...]
+        field_type = str(declared)
     where = f"{cls.__name__}.{name}"
     if field_type == "Regularizer":
         parse_regularizer(value)  # raises on bad input

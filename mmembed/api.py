@@ -204,25 +204,22 @@ def _build_models(encoders: Any, fusion: Any, dim: int | None) -> tuple[list[Any
     if not built:
         raise ValueError("extract() needs at least one encoder")
     head = build_head(fusion, dim)
-    check_widths(head, [e.dim for e in built], dim)
-    return built, _labels([e.name for e in built]), head
+    labels = encoder_labels([e.name for e in built])
+    check_widths(head, dict(zip(labels, (e.dim for e in built))), dim)
+    return built, labels, head
 
 
-def check_widths(head: Any, widths: Sequence[int], dim: int | None) -> None:
-    """Refuse, before any model runs, a width the fusion cannot give from these features."""
-    total = int(sum(widths))
+def check_widths(head: Any, widths: Mapping[str, int], dim: int | None) -> None:
+    """Refuse, before any model runs, a width the fusion cannot give from these features
+    ({encoder label: width})."""
+    total = int(sum(widths.values()))
     if head is None and dim is not None and total != dim:
         raise ValueError(
             f"fusion=None keeps the encoders' features as they are ({total} "
             f"dims in all), but dim={dim}; pass dim=None or choose a fusion head"
         )
-    from mmembed.fusion.concat_pca import ConcatPCA
-
-    if isinstance(head, ConcatPCA) and head.dim > total:
-        raise ValueError(
-            f"concat_pca: dim={head.dim} exceeds the number of concatenated features "
-            f"({total} from encoders of widths {list(widths)}); choose dim <= {total}"
-        )
+    if head is not None:
+        head.check_input_widths(widths)
 
 
 def _encode_all(built: list[Any], labels: list[str], catalog: Any, fingerprint: str,
@@ -338,7 +335,7 @@ def _format_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def _labels(names: list[str]) -> list[str]:
+def encoder_labels(names: list[str]) -> list[str]:
     """Encoder names, made unique ("sbert", "sbert:2") when one is used twice."""
     seen: dict[str, int] = {}
     labels = []

@@ -238,7 +238,7 @@ def _weights_hint(message: str, name: str) -> str:
 
 def _build_fusion(args: argparse.Namespace, fusion: Any, dim: int | None, encoders: list[Any]) -> Any:
     """The fusion head, its width checked against the encoders' and --item-info's."""
-    from mmembed.api import build_head, check_widths
+    from mmembed.api import build_head, check_widths, encoder_labels
 
     widths = [e.dim for e in encoders]
     if fusion is None:
@@ -255,7 +255,7 @@ def _build_fusion(args: argparse.Namespace, fusion: Any, dim: int | None, encode
             raise CommandError(f"--fusion {args.fusion}: {err}") from err
         width = getattr(head, "dim", None)
         try:
-            check_widths(head, widths, None)
+            check_widths(head, dict(zip(encoder_labels([e.name for e in encoders]), widths)), None)
         except ValueError as err:
             raise CommandError(f"--dim {width}: {err}") from err
     if args.item_info and width is not None and width != ITEM_INFO_DIM:

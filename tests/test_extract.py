@@ -183,7 +183,7 @@ def test_unknown_option_and_bad_inputs_fail_before_any_data_is_read(tmp_path):
     for bad_dim, error in ((0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)):
         with pytest.raises(error, match=rf"dim must be a positive integer or None, got .*{bad_dim!r}"):
             extract(missing, encoders="sbert", dim=bad_dim)
-    with pytest.raises(ValueError, match=r"concat_pca: dim=500 exceeds the number of concatenated features \(384 from encoders of widths \[384\]\); choose dim <= 384"):
+    with pytest.raises(ValueError, match=r"concat_pca: dim=500 exceeds the number of concatenated features \(384; sbert: 384\); choose dim <= 384"):
         extract(missing, encoders="sbert", dim=500)
     with pytest.raises(ValueError, match=r"unknown encoder 'sbrt'\. Did you mean 'sbert'\?"):
         extract(missing, encoders=["sbrt"])

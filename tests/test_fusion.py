@@ -189,7 +189,8 @@ def test_transform_with_other_encoders_or_dims_is_rejected():
         head.transform({"text": feats["text"], "image": feats["image"][:, :15]})
 
 
-@pytest.mark.parametrize("dim", [0, -3, 2.5, True])
-def test_bad_dim_parameter(dim):
-    with pytest.raises(ValueError, match="dim must be a positive integer"):
+@pytest.mark.parametrize("dim, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError),
+                                        (True, TypeError)])
+def test_bad_dim_parameter(dim, error):
+    with pytest.raises(error, match="dim must be a positive integer"):
         ConcatPCA(dim=dim).fit(_features())

@@ -121,6 +121,10 @@ class FusionHead(ABC):
     def transform(self, features: Mapping[str, Any]) -> np.ndarray:
         raise NotImplementedError
 
+    def check_input_widths(self, widths: Mapping[str, int]) -> None:
+        """Refuse, before any encoder runs, encoder widths ({name: dims}) this head cannot
+        fuse; the default accepts any."""
+
     def fit_transform(self, features: Mapping[str, Any], sequences: Any = None) -> np.ndarray:
         return self.fit(features, sequences).transform(features)
 

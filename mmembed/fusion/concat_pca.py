@@ -64,18 +64,21 @@ class ConcatPCA(FusionHead):
             axis=1,
         )
 
-    # -- fit ---------------------------------------------------------------------------
-    def fit(self, features: Mapping[str, Any], sequences: Any = None) -> "ConcatPCA":
+    def check_input_widths(self, widths: Mapping[str, int]) -> None:
         self._check_params()
-        blocks = as_blocks(features)
-        n_items = len(blocks[0].vectors)
-        n_features = sum(b.vectors.shape[1] for b in blocks)
-        layout = ", ".join(f"{b.name}: {b.vectors.shape[1]}" for b in blocks)
+        n_features = sum(widths.values())
         if self.dim > n_features:
+            layout = ", ".join(f"{name}: {width}" for name, width in widths.items())
             raise ValueError(
                 f"concat_pca: dim={self.dim} exceeds the number of concatenated features "
                 f"({n_features}; {layout}); choose dim <= {n_features}"
             )
+
+    # -- fit ---------------------------------------------------------------------------
+    def fit(self, features: Mapping[str, Any], sequences: Any = None) -> "ConcatPCA":
+        blocks = as_blocks(features)
+        self.check_input_widths({b.name: b.vectors.shape[1] for b in blocks})
+        n_items = len(blocks[0].vectors)
         for b in blocks:
             if not b.valid.any():
                 raise ValueError(
@@ -113,11 +116,11 @@ class ConcatPCA(FusionHead):
         self.components_ = components
         self.explained_variance_ = variance
         self.explained_variance_ratio_ = variance / total_variance if total_variance > 0 else variance * 0
-        self.n_features_in_ = n_features
+        self.n_features_in_ = sum(self.block_dims_)
         filled = {k: v for k, v in self.n_filled_.items() if v}
         logger.info(
             "concat_pca: fitted on %d of %d items (%s -> %d dims, %.1f%% of variance kept)%s",
-            n_fit, n_items, layout, self.dim, 100 * float(self.explained_variance_ratio_.sum()),
+            n_fit, n_items, ", ".join(f"{b.name}: {b.vectors.shape[1]}" for b in blocks), self.dim, 100 * float(self.explained_variance_ratio_.sum()),
             f"; invalid rows filled with the block mean: {filled}" if filled else "",
         )
         return self
