@@ -220,10 +220,10 @@ def test_image_problems_counted_fatal_only_when_required(tiny_copy):
             "1 empty (e.g. item ids [5]), 1 undecodable (e.g. item ids [8])") in report.format()
     strict = check(tiny_copy, require_images=True)
     assert [p.message for p in strict.problems] == [
-        "1 of 600 items have no image file, e.g. item ids [3] (require_images=True)",
-        "1 of 600 items have an empty image file, e.g. item ids [5] (require_images=True)",
+        "1 of 600 items have no image file, e.g. item ids [3] (covers are required)",
+        "1 of 600 items have an empty image file, e.g. item ids [5] (covers are required)",
         "1 of 600 items have an image that cannot be decoded, e.g. item ids [8] "
-        "(require_images=True)",
+        "(covers are required)",
     ]
     with pytest.raises(DatasetError, match=r"3 problem\(s\)"):
         strict.raise_if_failed()

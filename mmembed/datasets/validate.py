@@ -151,7 +151,7 @@ def _image_problems(ctx: Context, layout: DatasetLayout, stats: ImageStats) -> N
         if count:
             ctx.findings.add(stats.source, None, None,
                              f"{count} of {stats.checked} items {what}, e.g. item ids "
-                             f"{getattr(stats, kind + '_ids')} (require_images=True)")
+                             f"{getattr(stats, kind + '_ids')} (covers are required)")
 
 
 def _readable(path: Path) -> bool:
