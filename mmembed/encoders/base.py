@@ -188,7 +188,9 @@ class Encoder(ABC):
         batch_size = self.default_batch_size if batch_size is None else batch_size
         check_positive_int("batch_size", batch_size)
         num_workers = self.default_num_workers() if num_workers is None else num_workers
-        if not _is_int(num_workers) or num_workers < 0:
+        if not _is_int(num_workers):
+            raise TypeError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        if num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         batch_size, num_workers = int(batch_size), int(num_workers)
         n_items = len(catalog)

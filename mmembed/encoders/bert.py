@@ -46,7 +46,9 @@ class BertEncoder(Encoder):
         if not isinstance(opts["normalize"], bool):
             raise TypeError(f"bert option normalize must be a bool, got {opts['normalize']!r}")
         ml = opts["max_length"]
-        if isinstance(ml, bool) or not isinstance(ml, int) or ml < 2:
+        if isinstance(ml, bool) or not isinstance(ml, int):
+            raise TypeError(f"bert option max_length must be an int >= 2, got {ml!r}")
+        if ml < 2:
             raise ValueError(f"bert option max_length must be an int >= 2, got {ml!r}")
 
     def _resolve_weights(self) -> None:

@@ -66,7 +66,9 @@ class MllmEncoder(Encoder):
             raise ValueError("mllm: pooling='image' needs a cover for every item; use require='all'")
         if isinstance(opts["layer"], bool) or not isinstance(opts["layer"], int):
             raise TypeError(f"mllm option layer must be an int (e.g. -2), got {opts['layer']!r}")
-        if not isinstance(opts["prompt"], str) or "{title}" not in opts["prompt"]:
+        if not isinstance(opts["prompt"], str):
+            raise TypeError(f"mllm option prompt must be a string, got {opts['prompt']!r}")
+        if "{title}" not in opts["prompt"]:
             raise ValueError("mllm option prompt must be a string containing '{title}' (and optionally '{tags}')")
         mp = opts["max_pixels"]
         if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp < 28 * 28):
