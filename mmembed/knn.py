@@ -1,0 +1,206 @@
+"""Neighbour checks of an item embedding table, with FAISS, and the history proxy AUC.
+
+    from mmembed.knn import neighbours, neighbour_report, history_proxy_auc
+    found = neighbours(vectors, k=10)                 # cosine kNN, exact up to a size
+    report = neighbour_report(vectors, tags=tags, histories=train_seq, truth=latent)
+    history_proxy_auc(table, valid_seq, valid_targets, valid_labels)
+
+Every function takes item vectors by *row* (row r = the r-th item); histories hold item
+ids where id i is row i - 1 and 0 is padding, as the fusion heads' ``sequences`` do.
+
+Cosine neighbours use ``IndexFlatIP`` on L2-normalised vectors (exact) up to
+``exact_limit`` items and an inverted-file index beyond it, whose recall against exact
+search is measured on a sample of queries and reported. An item is never its own
+neighbour.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Neighbours", "neighbours", "neighbour_report", "history_proxy_auc", "collapse_stats",
+           "tag_overlap", "coclick_hit", "truth_overlap", "coclick_partners"]
+
+EXACT_LIMIT = 200_000
+RECALL_QUERIES = 2_000
+
+
+@dataclass
+class Neighbours:
+    """Top-k cosine neighbours: ``index`` (N, k) rows, ``score`` (N, k) cosines, best first."""
+
+    index: np.ndarray
+    score: np.ndarray
+    method: str
+    seconds: float
+    recall: float | None = None  # of an approximate search against exact, on a sample
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def neighbours(vectors: np.ndarray, k: int = 10, exact_limit: int = EXACT_LIMIT,
+               seed: int = 0) -> Neighbours:
+    """Cosine kNN of every row among the others (self excluded)."""
+    import faiss
+
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or len(vectors) < 2:
+        raise ValueError(f"neighbours needs an (N, d) array with N >= 2, got shape {vectors.shape}")
+    if not 1 <= k < len(vectors):
+        raise ValueError(f"k must be in 1..{len(vectors) - 1} for {len(vectors)} items, got {k}")
+    x = _unit_rows(vectors)
+    started = time.perf_counter()
+    exact = faiss.IndexFlatIP(x.shape[1])
+    exact.add(x)
+    if len(x) <= exact_limit:
+        score, index = exact.search(x, k + 1)
+        method, recall = "exact (IndexFlatIP)", None
+    else:
+        approx, method = _approximate_index(x, seed)
+        score, index = approx.search(x, k + 1)
+        recall = _recall(exact, x, index, k, seed)
+    index, score = _drop_self(index, score, k)
+    return Neighbours(index, score, method, time.perf_counter() - started, recall)
+
+
+def _approximate_index(x: np.ndarray, seed: int):
+    import faiss
+
+    lists = int(4 * np.sqrt(len(x)))
+    quantizer = faiss.IndexFlatIP(x.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, x.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(seed).choice(len(x), size=min(len(x), 50 * lists), replace=False)
+    index.train(x[np.sort(sample)])
+    index.add(x)
+    index.nprobe = max(1, lists // 16)
+    return index, f"approximate (IndexIVFFlat, {lists} lists, nprobe {index.nprobe})"
+
+
+def _recall(exact, x: np.ndarray, found: np.ndarray, k: int, seed: int) -> float:
+    queries = np.random.default_rng(seed + 1).choice(len(x), size=min(len(x), RECALL_QUERIES),
+                                                     replace=False)
+    _, truth = exact.search(x[queries], k + 1)
+    truth, _ = _drop_self(truth, np.zeros_like(truth, dtype=np.float32), k, rows=queries)
+    got, _ = _drop_self(found[queries], np.zeros_like(found[queries], dtype=np.float32), k, rows=queries)
+    hits = [len(set(a) & set(b)) for a, b in zip(truth.tolist(), got.tolist())]
+    return float(np.sum(hits) / (len(queries) * k))
+
+
+def _drop_self(index: np.ndarray, score: np.ndarray, k: int,
+               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first k results of each row that are not the row itself (when a row is not
+    among its own results, e.g. duplicate vectors tied, its weakest result goes)."""
+    rows = np.arange(len(index)) if rows is None else rows
+    is_self = index == rows[:, None]
+    take = np.argsort(is_self, axis=1, kind="stable")[:, :k]  # non-self first, order kept
+    return np.take_along_axis(index, take, axis=1), np.take_along_axis(score, take, axis=1)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def tag_overlap(index: np.ndarray, tags: np.ndarray) -> float:
+    """Share of (item, neighbour) pairs that have at least one non-zero tag in common,
+    over items with at least one tag."""
+    tags = np.asarray(tags)
+    has = (tags != 0).any(axis=1)
+    q = tags[:, None, :, None]  # (N, 1, T, 1)
+    n = tags[index][:, :, None, :]  # (N, k, 1, T)
+    shared = ((q == n) & (q != 0)).any(axis=(2, 3))  # (N, k)
+    return float(shared[has].mean()) if has.any() else float("nan")
+
+
+def coclick_partners(histories: np.ndarray, n_items: int, window: int = 1) -> list[set[int]]:
+    """Per row, the rows of items within ``window`` positions of it in some history."""
+    partners: list[set[int]] = [set() for _ in range(n_items)]
+    seq = np.asarray(histories, dtype=np.int64)
+    for shift in range(1, window + 1):
+        a, b = seq[:, :-shift].ravel(), seq[:, shift:].ravel()
+        real = (a > 0) & (b > 0) & (a != b)
+        for x, y in zip(a[real] - 1, b[real] - 1):
+            partners[x].add(int(y))
+            partners[y].add(int(x))
+    return partners
+
+
+def coclick_hit(index: np.ndarray, partners: list[set[int]]) -> float:
+    """Share of items with co-click partners that have one among their neighbours."""
+    hits = [bool(p & set(row)) for row, p in zip(index.tolist(), partners) if p]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def truth_overlap(index: np.ndarray, truth_index: np.ndarray) -> float:
+    """Mean share of each item's neighbours that are also its neighbours under the truth."""
+    k = index.shape[1]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(index.tolist(), truth_index.tolist())]))
+
+
+def collapse_stats(vectors: np.ndarray, found: Neighbours, duplicate_cosine: float = 0.99) -> dict:
+    """Signs of a collapsed table: near-duplicate share, effective rank, top variance."""
+    x = np.asarray(vectors, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    singular = np.linalg.svd(centred, compute_uv=False)
+    variance = singular**2 / max((singular**2).sum(), 1e-300)
+    nonzero = variance[variance > 0]
+    return {
+        "near_duplicate_share": float((found.score[:, 0] > duplicate_cosine).mean()),
+        "effective_rank": float(np.exp(-(nonzero * np.log(nonzero)).sum())),
+        "top1_variance": float(variance[0]),
+        "top10_variance": float(variance[:10].sum()),
+    }
+
+
+@dataclass
+class NeighbourReport:
+    metrics: dict
+    floor: dict  # the same metrics for a random table of the same shape
+    neighbours: Neighbours = field(repr=False)
+
+
+def neighbour_report(vectors: np.ndarray, tags: np.ndarray | None = None,
+                     histories: np.ndarray | None = None, truth: np.ndarray | None = None,
+                     k: int = 10, seed: int = 0) -> NeighbourReport:
+    """All neighbour checks of a table, and the same for a random table as the floor."""
+    partners = coclick_partners(histories, len(vectors)) if histories is not None else None
+    truth_index = neighbours(truth, k).index if truth is not None else None
+
+    def metrics(found: Neighbours, table: np.ndarray) -> dict:
+        out = {"k": k, "method": found.method, "seconds": found.seconds, "recall": found.recall,
+               **collapse_stats(table, found)}
+        if tags is not None:
+            out["tag_overlap"] = tag_overlap(found.index, tags)
+        if partners is not None:
+            out["coclick_hit"] = coclick_hit(found.index, partners)
+        if truth_index is not None:
+            out["truth_overlap"] = truth_overlap(found.index, truth_index)
+        return out
+
+    found = neighbours(vectors, k, seed=seed)
+    random_table = np.random.default_rng(seed).standard_normal(np.shape(vectors)).astype(np.float32)
+    floor = metrics(neighbours(random_table, k, seed=seed), random_table)
+    return NeighbourReport(metrics(found, vectors), floor, found)
+
+
+def history_proxy_auc(vectors: np.ndarray, histories: np.ndarray, targets: np.ndarray,
+                      labels: np.ndarray) -> float:
+    """AUC of cos(mean of the history items' vectors, the target's vector) against the
+    labels. ``histories`` (rows, L) and ``targets`` (rows,) hold item ids (row + 1; 0 =
+    padding); a row with no history scores 0. Needs no training: seconds, not minutes."""
+    from ctr_eval.metrics import auc
+
+    x = np.vstack([np.zeros((1, np.shape(vectors)[1]), np.float32), _unit_rows(vectors)])
+    seq = np.asarray(histories, dtype=np.int64)
+    counts = (seq > 0).sum(axis=1, keepdims=True)
+    pooled = x[seq].sum(axis=1) / np.maximum(counts, 1)
+    scores = (_unit_rows(pooled) * x[np.asarray(targets, dtype=np.int64)]).sum(axis=1)
+    scores[counts[:, 0] == 0] = 0.0
+    return float(auc(np.asarray(labels), scores))

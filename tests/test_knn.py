@@ -1,0 +1,94 @@
+"""Neighbour checks on planted data whose neighbours are known, and the proxy AUC by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmembed.knn import (coclick_hit, coclick_partners, collapse_stats, history_proxy_auc,
+                         neighbour_report, neighbours, tag_overlap, truth_overlap)
+
+
+def _clusters(n_clusters=20, size=10, dim=16, noise=0.05, seed=0):
+    """Items in tight clusters: each item's 9 true neighbours are its cluster mates."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim))
+    cluster = np.repeat(np.arange(n_clusters), size)
+    vectors = centres[cluster] + noise * rng.standard_normal((len(cluster), dim))
+    return vectors.astype(np.float32), cluster
+
+
+def test_exact_neighbours_are_the_cluster_mates_and_never_self():
+    vectors, cluster = _clusters()
+    found = neighbours(vectors, k=9)
+    assert found.index.shape == (200, 9) and found.recall is None and "exact" in found.method
+    assert not (found.index == np.arange(200)[:, None]).any()
+    assert (cluster[found.index] == cluster[:, None]).all()
+    assert np.all(np.diff(found.score, axis=1) <= 1e-6)  # best first
+    # scores are cosines: the same direction scaled scores 1
+    scaled = neighbours(np.vstack([vectors[:1], 3 * vectors[:1], vectors[1:50]]), k=1)
+    assert scaled.index[0, 0] == 1 and scaled.score[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_approximate_search_reports_its_recall_against_exact():
+    vectors, cluster = _clusters(n_clusters=40, size=25)
+    found = neighbours(vectors, k=5, exact_limit=100)
+    assert "approximate" in found.method and 0.9 <= found.recall <= 1.0
+    assert (cluster[found.index] == cluster[:, None]).mean() > 0.95
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match=r"k must be in 1\.\.2 for 3 items, got 3"):
+        neighbours(np.eye(3), k=3)
+    with pytest.raises(ValueError, match="needs an \\(N, d\\) array"):
+        neighbours(np.ones(5), k=1)
+
+
+def test_tag_overlap_counts_shared_nonzero_tags():
+    tags = np.array([[1, 2, 0], [2, 0, 0], [3, 0, 0], [0, 0, 0]])
+    index = np.array([[1, 2], [0, 2], [0, 1], [0, 1]])
+    # item 0: shares with 1 not 2; item 1: with 0 not 2; item 2: none; item 3 has no tags
+    assert tag_overlap(index, tags) == pytest.approx(2 / 6)
+
+
+def test_coclick_partners_and_hits():
+    histories = np.array([[0, 1, 2, 3], [0, 0, 4, 1]])  # ids; row = id - 1
+    partners = coclick_partners(histories, n_items=5)
+    assert partners == [{1, 3}, {0, 2}, {1}, {0}, set()]
+    index = np.array([[1], [4], [3], [2], [0]])
+    assert coclick_hit(index, partners) == pytest.approx(1 / 4)  # item 0 hits; item 4 has none
+
+
+def test_truth_overlap_and_collapse_diagnostics():
+    vectors, cluster = _clusters()
+    found = neighbours(vectors, k=9)
+    assert truth_overlap(found.index, found.index) == 1.0
+    shuffled = neighbours(np.random.default_rng(1).standard_normal(vectors.shape), k=9)
+    assert truth_overlap(shuffled.index, found.index) < 0.2
+    stats = collapse_stats(vectors, found)
+    assert stats["near_duplicate_share"] == 1.0  # cluster mates are 0.99+ cosine
+    assert 10 < stats["effective_rank"] <= 16
+    collapsed = np.outer(np.arange(1, 201), np.ones(16)).astype(np.float32)
+    one = collapse_stats(collapsed, neighbours(collapsed, k=3))
+    assert one["top1_variance"] == pytest.approx(1.0) and one["effective_rank"] == pytest.approx(1.0)
+
+
+def test_report_beats_its_random_floor_on_planted_data():
+    vectors, cluster = _clusters()
+    histories = np.stack([np.r_[0, 0, np.flatnonzero(cluster == c)[:8] + 1] for c in range(20)])
+    tags = np.stack([cluster + 1, np.zeros_like(cluster)], axis=1)
+    report = neighbour_report(vectors, tags=tags, histories=histories, truth=vectors, k=9)
+    assert report.metrics["tag_overlap"] == 1.0 and report.floor["tag_overlap"] < 0.2
+    assert report.metrics["coclick_hit"] == 1.0 and report.floor["coclick_hit"] < 0.5
+    assert report.metrics["truth_overlap"] == 1.0 and report.floor["truth_overlap"] < 0.2
+
+
+def test_history_proxy_auc_matches_a_hand_computation():
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)  # ids 1, 2, 3
+    histories = np.array([[0, 1], [1, 2], [0, 0], [2, 2]])
+    targets = np.array([3, 2, 1, 1])
+    labels = np.array([1, 1, 0, 0])
+    # scores: cos(e1, (1,1)) = 0.707; cos((1,1), e2) = 0.707; empty history -> 0; cos(e2, e1) = 0
+    # positives {0.707, 0.707} all above negatives {0, 0}: AUC 1
+    assert history_proxy_auc(vectors, histories, targets, labels) == 1.0
+    labels = np.array([1, 0, 1, 0])  # positives {0.707, 0}, negatives {0.707, 0}: ties -> 0.5
+    assert history_proxy_auc(vectors, histories, targets, labels) == pytest.approx(0.5)
