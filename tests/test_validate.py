@@ -329,4 +329,4 @@ def test_oversized_covers_are_their_own_category(tiny_copy, monkeypatch):
     strict = check(tiny_copy, require_images=True)
     assert strict.problems[-1].message == (
         "2 of 600 items have an image over 40,000,000 pixels (refused without decoding), "
-        "e.g. item ids [9, 11] (require_images=True)")
+        "e.g. item ids [9, 11] (covers are required)")
