@@ -119,29 +119,40 @@ def tag_overlap(index: np.ndarray, tags: np.ndarray) -> float:
     return float(shared[has].mean()) if has.any() else float("nan")
 
 
-def coclick_partners(histories: np.ndarray, n_items: int, window: int = 1) -> list[set[int]]:
-    """Per row, the rows of items within ``window`` positions of it in some history."""
-    partners: list[set[int]] = [set() for _ in range(n_items)]
+def coclick_partners(histories: np.ndarray, window: int = 1) -> np.ndarray:
+    """(P, 2) unique row pairs (both directions) of distinct items that stand within
+    ``window`` positions of each other in some history."""
     seq = np.asarray(histories, dtype=np.int64)
+    pairs = []
     for shift in range(1, window + 1):
         a, b = seq[:, :-shift].ravel(), seq[:, shift:].ravel()
         real = (a > 0) & (b > 0) & (a != b)
-        for x, y in zip(a[real] - 1, b[real] - 1):
-            partners[x].add(int(y))
-            partners[y].add(int(x))
-    return partners
+        pairs += [np.stack([a[real] - 1, b[real] - 1], axis=1), np.stack([b[real] - 1, a[real] - 1], axis=1)]
+    return np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), np.int64)
 
 
-def coclick_hit(index: np.ndarray, partners: list[set[int]]) -> float:
+def _pair_codes(index: np.ndarray) -> np.ndarray:
+    """Each (row, neighbour) of ``index`` as one sorted integer code row * N + neighbour."""
+    n = len(index)
+    return np.sort((np.arange(n)[:, None] * n + index).ravel())
+
+
+def coclick_hit(index: np.ndarray, partners: np.ndarray) -> float:
     """Share of items with co-click partners that have one among their neighbours."""
-    hits = [bool(p & set(row)) for row, p in zip(index.tolist(), partners) if p]
-    return float(np.mean(hits)) if hits else float("nan")
+    if not len(partners):
+        return float("nan")
+    found = np.isin(partners[:, 0] * len(index) + partners[:, 1], _pair_codes(index),
+                    assume_unique=False)
+    hit = np.zeros(len(index), dtype=bool)
+    np.logical_or.at(hit, partners[:, 0], found)
+    return float(hit[np.unique(partners[:, 0])].mean())
 
 
 def truth_overlap(index: np.ndarray, truth_index: np.ndarray) -> float:
     """Mean share of each item's neighbours that are also its neighbours under the truth."""
-    k = index.shape[1]
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(index.tolist(), truth_index.tolist())]))
+    n, k = index.shape
+    codes = (np.arange(n)[:, None] * n + index).ravel()
+    return float(np.isin(codes, _pair_codes(truth_index)).sum() / (n * k))
 
 
 def collapse_stats(vectors: np.ndarray, found: Neighbours, duplicate_cosine: float = 0.99) -> dict:
@@ -170,7 +181,7 @@ def neighbour_report(vectors: np.ndarray, tags: np.ndarray | None = None,
                      histories: np.ndarray | None = None, truth: np.ndarray | None = None,
                      k: int = 10, seed: int = 0) -> NeighbourReport:
     """All neighbour checks of a table, and the same for a random table as the floor."""
-    partners = coclick_partners(histories, len(vectors)) if histories is not None else None
+    partners = coclick_partners(histories) if histories is not None else None
     truth_index = neighbours(truth, k).index if truth is not None else None
 
     def metrics(found: Neighbours, table: np.ndarray) -> dict:

@@ -52,8 +52,8 @@ def test_tag_overlap_counts_shared_nonzero_tags():
 
 def test_coclick_partners_and_hits():
     histories = np.array([[0, 1, 2, 3], [0, 0, 4, 1]])  # ids; row = id - 1
-    partners = coclick_partners(histories, n_items=5)
-    assert partners == [{1, 3}, {0, 2}, {1}, {0}, set()]
+    partners = coclick_partners(histories)
+    assert partners.tolist() == [[0, 1], [0, 3], [1, 0], [1, 2], [2, 1], [3, 0]]
     index = np.array([[1], [4], [3], [2], [0]])
     assert coclick_hit(index, partners) == pytest.approx(1 / 4)  # item 0 hits; item 4 has none
 
