@@ -269,7 +269,7 @@ def oversized_jpeg(side: int = 12_000) -> bytes:
 
 
 def test_truncated_jpeg_is_undecodable_in_full_and_reduced_decodes(tiny_copy):
-    from mmembed.datasets.images import OK, UNDECODABLE, decode_cover
+    from mmembed.datasets.covers import OK, UNDECODABLE, decode_cover
 
     cover = tiny_copy / "item_images" / "4.jpg"
     data = cover.read_bytes()
@@ -288,7 +288,7 @@ def test_truncated_jpeg_is_undecodable_in_full_and_reduced_decodes(tiny_copy):
 def test_oversized_cover_is_refused_from_its_header(tiny_copy, monkeypatch):
     from PIL import Image, ImageFile
 
-    from mmembed.datasets.images import MAX_COVER_PIXELS, TOO_LARGE, decode_cover
+    from mmembed.datasets.covers import MAX_COVER_PIXELS, TOO_LARGE, decode_cover
 
     data = oversized_jpeg()
     assert len(data) < 1000 and 12_000 ** 2 > MAX_COVER_PIXELS
@@ -307,7 +307,8 @@ def test_oversized_cover_is_refused_from_its_header(tiny_copy, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # expected
 def test_classify_covers_by_reason(tiny_copy):
-    from mmembed.datasets.images import FolderImageSource, classify_covers
+    from mmembed.datasets.covers import classify_covers
+    from mmembed.datasets.images import FolderImageSource
 
     images = tiny_copy / "item_images"
     (images / "2.jpg").unlink()

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import MAX_COVER_PIXELS, ImageSource, classify_covers, open_image_source
+from .covers import MAX_COVER_PIXELS, classify_covers
+from .images import ImageSource, open_image_source
 from ctr_eval.checks import check_positive_int
 from ctr_eval.format import (EXPECTED_LAYOUT, SPLITS, DatasetError, DatasetLayout, MissingFileError,
                              find_layout, open_parquet)

@@ -3,7 +3,7 @@
 Workers call ``catalog.load_image(pos)`` (JPEG decode + RGB) and the encoder's
 ``transform`` (e.g. CLIP preprocessing), so the model never waits on decoding. An item
 whose cover is missing, empty, undecodable or too large (refused from its header, before
-decoding; see ``mmembed.datasets.images.decode_cover``) comes through as ``None`` and is
+decoding; see ``mmembed.datasets.covers.decode_cover``) comes through as ``None`` and is
 reported as invalid by the encoder; it never becomes a silent zero image.
 """
 from __future__ import annotations

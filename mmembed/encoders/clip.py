@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..datasets.images import (COVER_PROBLEMS, MAX_COVER_PIXELS, MISSING, TOO_LARGE,
+from ..datasets.covers import (COVER_PROBLEMS, MAX_COVER_PIXELS, MISSING, TOO_LARGE,
                                UNDECODABLE, classify_covers)
 from ..weights import ResolvedWeights, WeightsNotAvailable, resolve_hub_file, resolve_model
 from . import register_encoder
