@@ -47,7 +47,7 @@ def test_extract_shapes_provenance_and_fusion(extracted, tiny_root):
     assert by_name["clip"]["untrained"] is True and by_name["clip"]["weights_id"] == "random-init:0"
     assert by_name["sbert"]["untrained"] is False and by_name["sbert"]["dim"] == 384
     assert by_name["clip"]["config"]["model"] == TINY_CLIP["model"] and by_name["clip"]["dim"] == 32
-    assert prov["fusion"]["name"] == "concat_pca" and prov["fusion"]["params"] == {"dim": 128, "normalize": True}
+    assert prov["fusion"]["name"] == "concat_pca" and prov["fusion"]["params"] == ConcatPCA(dim=128).get_params()
     assert prov["untrained"] is True and emb.untrained and prov["dim"] == 128
     assert prov["mmembed_version"] and prov["created"].endswith("Z")
 

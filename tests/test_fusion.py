@@ -31,7 +31,10 @@ def test_registry_lists_and_creates():
     assert get_fusion("concat_pca") is ConcatPCA
     head = create_fusion({"name": "concat_pca", "dim": 7, "normalize": False})
     assert isinstance(head, ConcatPCA) and head.dim == 7 and head.normalize is False
-    assert create_fusion("concat_pca", dim=5).get_params() == {"dim": 5, "normalize": True}
+    assert create_fusion("concat_pca", dim=5).get_params() == {
+        "dim": 5, "normalize": True, "standardize": None, "weights": None, "whiten": False,
+        "normalize_output": False,
+    }
 
 
 def test_registry_unknown_name_suggests_nearest():
@@ -40,7 +43,8 @@ def test_registry_unknown_name_suggests_nearest():
 
 
 def test_unknown_parameter_names_the_valid_ones():
-    with pytest.raises(TypeError, match=r"unknown parameter\(s\) \['dims'\]; valid parameters: \['dim', 'normalize'\]"):
+    with pytest.raises(TypeError, match=r"unknown parameter\(s\) \['dims'\]; valid parameters: \['dim', 'normalize', "
+                                        r"'standardize', 'weights', 'whiten', 'normalize_output'\]"):
         create_fusion("concat_pca", dims=3)
 
 
@@ -127,7 +131,10 @@ def test_save_load_round_trip(tmp_path):
     head = ConcatPCA(dim=9).fit(feats)
     head.save(tmp_path / "head")
     config = json.loads((tmp_path / "head" / "fusion.json").read_text())
-    assert config["name"] == "concat_pca" and config["params"] == {"dim": 9, "normalize": True}
+    assert config["name"] == "concat_pca" and config["params"] == {
+        "dim": 9, "normalize": True, "standardize": None, "weights": None, "whiten": False,
+        "normalize_output": False,
+    }
     loaded = load_fusion(tmp_path / "head")
     assert isinstance(loaded, ConcatPCA)
     np.testing.assert_array_equal(loaded.transform(feats), head.transform(feats))

@@ -8,64 +8,94 @@ What happens, in order:
    block's mean over its valid rows (computed at fit time and stored), so an item with one
    missing modality still gets a vector from the others, sitting at the centre of the
    missing block instead of at an arbitrary zero;
-3. PCA is fitted on the items valid in *every* block only (mean-filled rows would shrink
-   the variance), exactly and deterministically: the eigen-decomposition of the
-   float64 covariance (or an SVD when there are fewer items than features), with each
-   component's sign fixed so that its largest-magnitude coefficient is positive;
-4. ``transform`` centres, projects to ``dim`` and returns float32.
+3. optionally each block is standardised (``standardize``) and multiplied by its weight
+   (``weights``), then the blocks are concatenated;
+4. PCA is fitted on the items valid in *every* block only (mean-filled rows would shrink
+   the variance), exactly and deterministically (see ``mmembed/fusion/_pca.py``);
+5. ``transform`` centres, projects to ``dim``, optionally whitens and L2-normalises the
+   output, and returns float32.
 
+With the default options the head is the plain normalise-concatenate-PCA it always was:
+same outputs, and heads saved before the options existed load and give them unchanged.
 The number of mean-filled rows per block is logged and kept in ``n_filled_``.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from ctr_eval.checks import check_positive_int
 from mmembed.fusion import register_fusion
-from mmembed.fusion.base import FeatureBlock, FusionHead, as_blocks
+from mmembed.fusion._pca import (
+    BlockPCAHead,
+    BlockPrep,
+    check_names,
+    chunks,
+    exact_pca,
+    match_blocks,
+    prepared_rows,
+    unit_rows,
+    variance_ratio,
+    whitening_divisor,
+)
+from mmembed.fusion.base import FeatureBlock
 
 logger = logging.getLogger(__name__)
 
-_CHUNK_ROWS = 8192  # rows per float64 chunk: bounded memory at full scale
+_match_blocks = match_blocks  # its former home: code elsewhere may still import it from here
 
 
 @register_fusion("concat_pca")
-class ConcatPCA(FusionHead):
-    """Concatenate (optionally L2-normalised) encoder features, then PCA to ``dim``."""
+class ConcatPCA(BlockPCAHead):
+    """Concatenate (optionally L2-normalised) encoder features, then PCA to ``dim``.
+
+    Options (each block's statistics come from its valid rows, after ``normalize``):
+
+    - ``dim``: output width, at most the total input width and the number of items
+      valid in every encoder.
+    - ``normalize`` (default True): divide each block's rows by their L2 norm.
+    - ``standardize`` (default None): ``"column"`` z-scores every feature column
+      ((x - mean) / std, population std, a constant column only centred);
+      ``"block"`` centres the block and divides it by sqrt(its total variance), so each
+      encoder enters with total variance 1 whatever its width.
+    - ``weights`` (default None): {encoder name: number > 0} multiplying that block after
+      the steps above (unnamed encoders weigh 1; a block weighted w carries w**2 times its
+      variance into the PCA). A name that is not among the features is an error.
+    - ``whiten`` (default False): divide output component k by sqrt(explained_variance_[k])
+      (as scikit-learn's PCA(whiten=True)), so that every component has unit variance on
+      the fit rows; numerically zero components are left unscaled.
+    - ``normalize_output`` (default False): divide each output row by its L2 norm (after
+      whitening).
+    """
 
     tiny_params = {"dim": 4}
 
-    def __init__(self, dim: int = 128, normalize: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int = 128,
+        normalize: bool = True,
+        standardize: str | None = None,
+        weights: Mapping[str, float] | None = None,
+        whiten: bool = False,
+        normalize_output: bool = False,
+    ) -> None:
         self.dim = dim
         self.normalize = normalize
+        self.standardize = standardize
+        self.weights = weights
+        self.whiten = whiten
+        self.normalize_output = normalize_output
 
     def _check_params(self) -> None:
         check_positive_int("concat_pca: dim", self.dim)
-        if not isinstance(self.normalize, bool):
-            raise TypeError(f"concat_pca: normalize must be True or False, got {self.normalize!r}")
-
-    # -- preparation shared by fit and transform ----------------------------------------
-    def _prepared_block(self, block: FeatureBlock, rows: slice, fill: np.ndarray | None) -> np.ndarray:
-        x = block.vectors[rows].astype(np.float64)
-        if self.normalize:
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
-            x /= np.maximum(norms, 1e-12)
-        if fill is not None:
-            x[~block.valid[rows]] = fill
-        return x
-
-    def _concatenated(self, blocks: list[FeatureBlock], rows: slice, fills: list | None) -> np.ndarray:
-        return np.concatenate(
-            [self._prepared_block(b, rows, None if fills is None else fills[i])
-             for i, b in enumerate(blocks)],
-            axis=1,
-        )
+        self._check_common_params()
 
     def check_input_widths(self, widths: Mapping[str, int]) -> None:
         self._check_params()
+        check_names("concat_pca", "weights", self.weights or {}, list(widths))
         n_features = sum(widths.values())
         if self.dim > n_features:
             layout = ", ".join(f"{name}: {width}" for name, width in widths.items())
@@ -74,17 +104,18 @@ class ConcatPCA(FusionHead):
                 f"({n_features}; {layout}); choose dim <= {n_features}"
             )
 
+    def _joined(self, blocks: list[FeatureBlock], rows: slice, preps: list[BlockPrep],
+                weights: list[float]) -> np.ndarray:
+        parts = []
+        for block, prep, weight in zip(blocks, preps, weights):
+            x = prepared_rows(block, rows, self.normalize, prep)
+            parts.append(x * weight if weight != 1.0 else x)
+        return np.concatenate(parts, axis=1)
+
     # -- fit ---------------------------------------------------------------------------
-    def fit(self, features: Mapping[str, Any], sequences: Any = None) -> "ConcatPCA":
-        blocks = as_blocks(features)
-        self.check_input_widths({b.name: b.vectors.shape[1] for b in blocks})
+    def fit(self, features: Mapping[str, Any], sequences: Any = None) -> ConcatPCA:
+        blocks = self._valid_blocks(features)
         n_items = len(blocks[0].vectors)
-        for b in blocks:
-            if not b.valid.any():
-                raise ValueError(
-                    f"concat_pca: encoder {b.name!r} has no valid item among {n_items}; "
-                    "drop it or fix its input"
-                )
         fit_mask = np.logical_and.reduce([b.valid for b in blocks])
         n_fit = int(fit_mask.sum())
         if self.dim > n_fit:
@@ -93,138 +124,59 @@ class ConcatPCA(FusionHead):
                 f"fitting ({n_fit} of {n_items} are valid in every encoder); PCA needs "
                 f"at least dim items"
             )
-
-        # Per-block fill values: mean of the (normalised) valid rows.
-        fills = []
-        for b in blocks:
-            total = np.zeros(b.vectors.shape[1])
-            for start in range(0, n_items, _CHUNK_ROWS):
-                rows = slice(start, start + _CHUNK_ROWS)
-                x = self._prepared_block(b, rows, None)
-                total += x[b.valid[rows]].sum(axis=0)
-            fills.append(total / b.valid.sum())
-
-        mean, components, variance, total_variance = _exact_pca(
-            lambda rows: self._concatenated(blocks, rows, fills), fit_mask, self.dim
+        preps = self._fit_preparation(blocks)
+        weights = [float((self.weights or {}).get(b.name, 1.0)) for b in blocks]
+        mean, components, variance, total_variance = exact_pca(
+            lambda rows: self._joined(blocks, rows, preps, weights), fit_mask, self.dim
         )
-        self.block_names_ = [b.name for b in blocks]
-        self.block_dims_ = [int(b.vectors.shape[1]) for b in blocks]
-        self.block_fill_ = fills
-        self.n_filled_ = {b.name: int((~b.valid).sum()) for b in blocks}
+        self._store_preparation(blocks, preps)
         self.n_fit_items_ = n_fit
         self.mean_ = mean
         self.components_ = components
         self.explained_variance_ = variance
-        self.explained_variance_ratio_ = variance / total_variance if total_variance > 0 else variance * 0
+        self.explained_variance_ratio_ = variance_ratio(variance, total_variance)
         self.n_features_in_ = sum(self.block_dims_)
         filled = {k: v for k, v in self.n_filled_.items() if v}
         logger.info(
             "concat_pca: fitted on %d of %d items (%s -> %d dims, %.1f%% of variance kept)%s",
-            n_fit, n_items, ", ".join(f"{b.name}: {b.vectors.shape[1]}" for b in blocks), self.dim, 100 * float(self.explained_variance_ratio_.sum()),
+            n_fit, n_items, ", ".join(f"{b.name}: {b.vectors.shape[1]}" for b in blocks), self.dim,
+            100 * float(self.explained_variance_ratio_.sum()),
             f"; invalid rows filled with the block mean: {filled}" if filled else "",
         )
         return self
 
     # -- transform ---------------------------------------------------------------------
     def transform(self, features: Mapping[str, Any]) -> np.ndarray:
-        self._check_fitted()
-        blocks = _match_blocks(as_blocks(features), self.block_names_, self.block_dims_)
+        blocks = self._fitted_blocks(features)
+        preps = self._preparation()
         n_items = len(blocks[0].vectors)
         out = np.empty((n_items, self.dim), dtype=np.float32)
-        for start in range(0, n_items, _CHUNK_ROWS):
-            rows = slice(start, start + _CHUNK_ROWS)
-            x = self._concatenated(blocks, rows, self.block_fill_)
-            out[rows] = (x - self.mean_) @ self.components_.T
-        filled = {b.name: int((~b.valid).sum()) for b in blocks if not b.valid.all()}
-        if filled:
-            logger.info("concat_pca: invalid rows filled with the block mean: %s", filled)
+        divisor = whitening_divisor(self.explained_variance_) if self.whiten else None
+        for rows in chunks(n_items):
+            x = self._joined(blocks, rows, preps, self.block_weights_)
+            y = (x - self.mean_) @ self.components_.T
+            if divisor is not None:
+                y /= divisor
+            out[rows] = unit_rows(y) if self.normalize_output else y
         return out
 
     # -- persistence ---------------------------------------------------------------------
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        state = {
-            "block_names": self.block_names_,
-            "block_dims": self.block_dims_,
-            "n_filled": self.n_filled_,
-            "n_fit_items": self.n_fit_items_,
-            "n_features_in": self.n_features_in_,
-        }
-        arrays = {
-            "mean": self.mean_,
-            "components": self.components_,
-            "explained_variance": self.explained_variance_,
-            "explained_variance_ratio": self.explained_variance_ratio_,
-        }
-        for i, fill in enumerate(self.block_fill_):
-            arrays[f"fill_{i}"] = fill
+        state, arrays = self._preparation_state()
+        state.update(n_fit_items=self.n_fit_items_, n_features_in=self.n_features_in_)
+        arrays.update(
+            mean=self.mean_,
+            components=self.components_,
+            explained_variance=self.explained_variance_,
+            explained_variance_ratio=self.explained_variance_ratio_,
+        )
         return state, arrays
 
     def _set_state(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-        self.block_names_ = list(state["block_names"])
-        self.block_dims_ = [int(d) for d in state["block_dims"]]
-        self.n_filled_ = dict(state["n_filled"])
+        self._set_preparation_state(state, arrays)
         self.n_fit_items_ = int(state["n_fit_items"])
         self.n_features_in_ = int(state["n_features_in"])
         self.mean_ = arrays["mean"]
         self.components_ = arrays["components"]
         self.explained_variance_ = arrays["explained_variance"]
         self.explained_variance_ratio_ = arrays["explained_variance_ratio"]
-        self.block_fill_ = [arrays[f"fill_{i}"] for i in range(len(self.block_names_))]
-
-
-def _match_blocks(blocks: list[FeatureBlock], names: list[str], dims: list[int]) -> list[FeatureBlock]:
-    """Reorder ``blocks`` to the fitted order; refuse other names or dimensions."""
-    by_name = {b.name: b for b in blocks}
-    if sorted(by_name) != sorted(names):
-        raise ValueError(
-            f"transform got features for encoders {sorted(by_name)}, but the head was "
-            f"fitted on {names}"
-        )
-    ordered = [by_name[n] for n in names]
-    for block, dim in zip(ordered, dims):
-        if block.vectors.shape[1] != dim:
-            raise ValueError(
-                f"features[{block.name!r}] has {block.vectors.shape[1]} dims, but the head "
-                f"was fitted with {dim}"
-            )
-    return ordered
-
-
-def _exact_pca(rows_of, fit_mask: np.ndarray, dim: int):
-    """Deterministic PCA of the rows selected by ``fit_mask``.
-
-    ``rows_of(slice)`` returns the prepared float64 rows of that slice; chunks keep memory
-    bounded. Returns (mean, components (dim, D), explained variance (dim,), total variance).
-    """
-    n_items = len(fit_mask)
-    n_fit = int(fit_mask.sum())
-    chunks = [slice(s, s + _CHUNK_ROWS) for s in range(0, n_items, _CHUNK_ROWS)]
-    total = None
-    for rows in chunks:
-        x = rows_of(rows)[fit_mask[rows]]
-        total = x.sum(axis=0) if total is None else total + x.sum(axis=0)
-    mean = total / n_fit
-    n_features = len(mean)
-    denominator = max(n_fit - 1, 1)
-    if n_fit >= n_features:
-        cov = np.zeros((n_features, n_features))
-        for rows in chunks:
-            x = rows_of(rows)[fit_mask[rows]] - mean
-            cov += x.T @ x
-        cov /= denominator
-        eigvals, eigvecs = np.linalg.eigh(cov)
-        order = np.argsort(eigvals)[::-1][:dim]
-        variance = np.clip(eigvals[order], 0.0, None)
-        components = eigvecs[:, order].T
-        total_variance = float(np.clip(eigvals, 0.0, None).sum())
-    else:
-        x = np.concatenate([rows_of(rows)[fit_mask[rows]] for rows in chunks]) - mean
-        _, singular, vt = np.linalg.svd(x, full_matrices=False)
-        variance = singular[:dim] ** 2 / denominator
-        components = vt[:dim]
-        total_variance = float((singular**2).sum() / denominator)
-    # Fix each component's sign: its largest-magnitude coefficient is positive.
-    pivots = np.argmax(np.abs(components), axis=1)
-    signs = np.sign(components[np.arange(len(components)), pivots])
-    signs[signs == 0] = 1.0
-    return mean, components * signs[:, None], variance, total_variance
