@@ -41,7 +41,6 @@ DEFAULT_WORK = Path("runs") / "bench" / "fusion_table"
 REFERENCE_ROWS = ("random", "provided", "oracle", "content_oracle")
 DEFAULT_ENCODERS = ("sbert", "pixels")
 DEFAULT_HEADS = ("concat_pca", "modality_pca", "gated", "contrastive")
-RARE_BELOW = 5  # a target item seen fewer times than this as a train target is "rare"
 
 
 def log(message: str) -> None:
@@ -92,90 +91,26 @@ def ensure_root(args: argparse.Namespace) -> Path:
     return root
 
 
-@dataclasses.dataclass
-class Truth:
-    """What scoring needs besides the model: test labels and which test rows are rare."""
+def row_table(row: str, root: Path, truth, args: argparse.Namespace, seed: int) -> tuple:
+    """(table or None for the dataset's own, seconds the fusion took) of one row."""
+    from mmembed.recipes.tables import extracted_table, reference_table
 
-    test_labels: np.ndarray
-    rare_test: np.ndarray  # bool per test row
-    provided: np.ndarray  # (N+1, 128) the dataset's item_emb_d128
-    latent: np.ndarray  # (N+1, 32) oracle item vectors
-    collab: slice  # the collab block's dims in latent
-
-
-def load_truth(root: Path) -> Truth:
-    import pyarrow.parquet as pq
-
-    from ctr_eval.format import find_layout, read_item_info
-
-    layout = find_layout(root)
-    train_targets = pq.read_table(layout.train, columns=["item_id"]).column("item_id").to_numpy()
-    test_targets = pq.read_table(layout.test, columns=["item_id"]).column("item_id").to_numpy()
-    counts = np.bincount(train_targets, minlength=int(test_targets.max()) + 1)
-    start, stop = json.loads((root / "oracle" / "latent_layout.json").read_text())["blocks"]["collab"]
-    return Truth(
-        test_labels=np.load(root / "oracle" / "test_labels.npy"),
-        rare_test=counts[test_targets] < RARE_BELOW,
-        provided=read_item_info(layout.item_info, ("item_emb_d128",))["item_emb_d128"],
-        latent=np.load(root / "oracle" / "item_latent.npy").astype(np.float32),
-        collab=slice(start, stop),
-    )
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def _projected(latent: np.ndarray, seed: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, 128])
-    table = latent @ (rng.standard_normal((latent.shape[1], 128)) / np.sqrt(latent.shape[1]))
-    table[0] = 0
-    return table.astype(np.float32)
-
-
-def reference_table(row: str, truth: Truth, seed: int) -> np.ndarray | None:
-    """The (N+1, 128) table of a reference row; None = the dataset's own item_info."""
-    if row == "provided":
-        return None
-    if row == "random":
-        rng = np.random.default_rng([seed, 7])
-        table = rng.standard_normal(truth.provided.shape) * truth.provided[1:].std()
-        table[0] = 0
-        return table.astype(np.float32)
-    latent = truth.latent.copy()
-    if row == "content_oracle":
-        latent[:, truth.collab] = 0
-    return _projected(latent, seed)
-
-
-def head_table(row: str, root: Path, args: argparse.Namespace, seed: int) -> tuple[np.ndarray, float]:
-    """(N+1, 128) table of an extracted embedding and the seconds its fusion took."""
-    import mmembed
-    from mmembed.fusion import FUSIONS
-
-    if row.startswith("pca:"):
-        encoders, spec = [row[4:]], {"name": "concat_pca"}
-    else:
-        encoders, spec = list(args.encoders), {"name": row}
-        if "seed" in FUSIONS.get(row)._param_names():
-            spec["seed"] = seed
-    cache = args.work_dir / "feature_cache"
-    mmembed.extract(root, encoders=encoders, fusion=None, dim=None, cache_dir=cache, progress=True)  # warm
-    started = time.perf_counter()  # from here the features come from the cache
-    emb = mmembed.extract(root, encoders=encoders, fusion=spec, dim=128, cache_dir=cache, progress=False)
-    seconds = time.perf_counter() - started
-    table = np.zeros((int(emb.ids.max()) + 1, 128), dtype=np.float32)
-    table[emb.ids] = emb.vectors
-    return table, seconds
+    if row in REFERENCE_ROWS:
+        return reference_table(row, truth, seed), 0.0
+    names, fusion = ([row[4:]], {"name": "concat_pca"}) if row.startswith("pca:") else (args.encoders, {"name": row})
+    table, provenance = extracted_table(root, names, fusion, 128, seed, args.work_dir / "feature_cache",
+                                        progress=True)
+    return table, provenance["fit_seconds"]
 
 
 # --------------------------------------------------------------------------- runs
 
 
 def din_run(root: Path, table: np.ndarray | None, run_dir: Path, args: argparse.Namespace,
-            seed: int, truth: Truth) -> dict:
+            seed: int, truth) -> dict:
     import ctr_eval
     from ctr_eval.config import resolve_config
-    from ctr_eval.submission import read_submission
+    from mmembed.recipes.tables import score_run
 
     overrides = {"batch_size": args.batch_size, "seed": seed}
     task1 = dataclasses.asdict(resolve_config("din", batch_size=args.batch_size))
@@ -185,13 +120,9 @@ def din_run(root: Path, table: np.ndarray | None, run_dir: Path, args: argparse.
     result = ctr_eval.evaluate(root, item_info=table, task1=False, run_dir=run_dir,
                                max_epochs=args.epochs, progress=False, num_threads=args.threads,
                                **overrides)
-    zip_path = ctr_eval.predict(run_dir, root, out_dir=run_dir / "test", split="test", progress=False)
-    _, scores = read_submission(zip_path)
-    labels, rare = truth.test_labels, truth.rare_test
     return {"valid_auc": result["valid_auc"], "valid_logloss": result["valid_logloss"],
-            "test_auc": ctr_eval.auc(labels, scores),
-            "rare_test_auc": ctr_eval.auc(labels[rare], scores[rare]), "rare_test_rows": int(rare.sum()),
-            "epochs_run": result["epochs_run"], "train_seconds": sum(h["train_seconds"] for h in result["history"])}
+            **score_run(run_dir, root, truth), "epochs_run": result["epochs_run"],
+            "train_seconds": sum(h["train_seconds"] for h in result["history"])}
 
 
 def load_results(path: Path) -> dict:
@@ -202,6 +133,8 @@ def run_missing(args: argparse.Namespace) -> dict:
     from ctr_eval.format import write_json
 
     results = load_results(args.results_file)
+    from mmembed.recipes.tables import load_truth
+
     root = ensure_root(args)
     truth = load_truth(root)
     for row in args.rows:
@@ -210,10 +143,7 @@ def run_missing(args: argparse.Namespace) -> dict:
             if key in results:
                 continue
             log(f"{row}, seed {seed}: building the table")
-            if row in REFERENCE_ROWS:
-                table, fit_seconds = reference_table(row, truth, seed), 0.0
-            else:
-                table, fit_seconds = head_table(row, root, args, seed)
+            table, fit_seconds = row_table(row, root, truth, args, seed)
             log(f"{row}, seed {seed}: training the DIN (fit took {fit_seconds:.1f} s)")
             run_dir = args.work_dir / "runs" / row.replace(":", "_") / f"seed{seed}"
             record = din_run(root, table, run_dir, args, seed, truth)
@@ -248,7 +178,8 @@ def format_table(results: dict, rows: list[str]) -> str:
         gap = "-" if low is None or high is None or high == low else f"{(mean[row] - low) / (high - low):.0%}"
         lines.append(
             f"| {row} | {','.join(str(x['seed']) for x in recs)} | {_stat([x['valid_auc'] for x in recs])} "
-            f"| {gap} | {_stat([x['test_auc'] for x in recs])} | {_stat([x['rare_test_auc'] for x in recs])} "
+            f"| {gap} | {_stat([x['test_auc'] for x in recs if 'test_auc' in x])} "
+            f"| {_stat([x['rare_test_auc'] for x in recs if 'rare_test_auc' in x])} "
             f"| {np.mean([x['fit_seconds'] for x in recs]):.1f} |")
     return "\n".join(lines)
 

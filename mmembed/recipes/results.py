@@ -1,0 +1,94 @@
+"""A run's results: metrics.json and .csv, and the summary table a person reads."""
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import numpy as np
+
+from ctr_eval.format import atomic_path, write_json
+
+__all__ = ["write_results", "summary_rows", "format_summary", "spearman"]
+
+_COLUMNS = ("embedding", "model", "seed", "valid_auc", "valid_logloss", "test_auc", "rare_test_auc",
+            "rare_test_rows", "proxy_auc", "knn_tag_overlap", "knn_coclick_hit", "knn_truth_overlap",
+            "knn_effective_rank", "knn_near_duplicate_share", "fit_seconds", "train_seconds",
+            "epochs_run", "best_epoch", "untrained")
+
+
+def write_results(ctx: Any, records: list[dict]) -> str:
+    """Write metrics.json, metrics.csv and summary.md; return the summary text."""
+    write_json(ctx.run_dir / "metrics.json", records)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    with atomic_path(ctx.run_dir / "metrics.csv") as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    text = format_summary(records)
+    with atomic_path(ctx.run_dir / "summary.md") as tmp:
+        tmp.write_text(f"# {ctx.recipe.name}\n\n{text}\n", encoding="utf-8")
+    return text
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """One row per (model, embedding), in the recipe's order, with means over seeds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["model"], r["embedding"]), []).append(r)
+    rows = []
+    for (model, embedding), recs in groups.items():
+        mean = {k: float(np.mean([r[k] for r in recs if r.get(k) is not None]))
+                for k in ("valid_auc", "proxy_auc", "fit_seconds", "train_seconds")
+                if any(r.get(k) is not None for r in recs)}
+        rows.append({"model": model, "embedding": embedding, "seeds": [r["seed"] for r in recs],
+                     "records": recs, "mean": mean, "untrained": any(r.get("untrained") for r in recs)})
+    for row in rows:
+        low = next((r["mean"]["valid_auc"] for r in rows if r["model"] == row["model"] and r["embedding"] == "random"), None)
+        high = next((r["mean"]["valid_auc"] for r in rows if r["model"] == row["model"] and r["embedding"] == "oracle"), None)
+        row["gap_closed"] = None if low is None or high is None or high == low else \
+            (row["mean"]["valid_auc"] - low) / (high - low)
+    return rows
+
+
+def format_summary(records: list[dict]) -> str:
+    rows = summary_rows(records)
+    lines = ["| model | embedding | seeds | valid AUC | gap closed | test AUC | rare-item test AUC "
+             "| proxy AUC | tag overlap@10 | co-click hit@10 | fit s | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        recs = row["records"]
+        pick = lambda key: _mean_sd([r.get(key) for r in recs])  # noqa: E731
+        gap = "-" if row["gap_closed"] is None else f"{row['gap_closed']:.0%}"
+        name = row["embedding"] + (" (random-init encoder)" if row["untrained"] else "")
+        lines.append(f"| {row['model']} | {name} | {len(recs)} | {pick('valid_auc')} | {gap} | {pick('test_auc')} "
+                     f"| {pick('rare_test_auc')} | {pick('proxy_auc')} | {pick('knn_tag_overlap')} "
+                     f"| {pick('knn_coclick_hit')} | {row['mean'].get('fit_seconds', 0):.1f} "
+                     f"| {row['mean'].get('train_seconds', 0):.0f} |")
+    rho = spearman([r["mean"].get("proxy_auc") for r in rows], [r["mean"].get("valid_auc") for r in rows])
+    if rho is not None:
+        lines.append("")
+        lines.append(f"Spearman rank correlation of the proxy AUC with the CTR model's valid AUC over "
+                     f"the {len(rows)} rows: {rho:.2f}")
+    return "\n".join(lines)
+
+
+def spearman(x: list[float | None], y: list[float | None]) -> float | None:
+    """Rank correlation of paired values (pairs with a missing side dropped); None if < 3."""
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None]
+    if len(pairs) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+    return None if rho is None or not np.isfinite(rho) else float(rho)

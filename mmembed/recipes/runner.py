@@ -1,0 +1,286 @@
+"""Run a recipe: every (embedding, model, seed) it asks for, each step cached, resumable.
+
+A run folder holds::
+
+    recipe.yaml        the resolved recipe        environment.json  versions, git commit
+    data.json          where the data is, its fingerprint
+    tables/            one .npz per (embedding, seed), with the key of its inputs
+    ctr/<model>/<embedding>/seed<s>/   ctr_eval run folders (resumed after a kill)
+    checks/            neighbour and proxy-AUC results per (embedding, seed)
+    metrics.json, metrics.csv, summary.md, logs/run.log
+
+Every file is written atomically and carries the key (a hash of everything it depends on)
+of its inputs, so running the same recipe again computes nothing and prints the same
+table, and a changed recipe computes only what changed. Synthetic data and the feature
+cache live in ``<runs>/.cache`` and are shared by every recipe.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import yaml
+
+from ctr_eval.format import atomic_path, find_layout, write_json
+from mmembed.recipes.schema import EmbeddingSpec, ModelSpec, Recipe
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunContext", "run_recipe", "judge"]
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    run_dir: Path
+    cache_dir: Path
+    root: Path | None = None  # the dataset root, once known
+    fingerprint: str = ""
+    progress: bool = True
+    say: Callable[[str], None] = print
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_data(ctx: RunContext) -> None:
+    """Find or generate the data; record where it is and its fingerprint."""
+    data = ctx.recipe.data
+    if data.is_synthetic:
+        root = ctx.cache_dir / "data" / f"synthetic-{data.synthetic}-seed{data.seed}"
+        marker = root / ".mmembed-complete.json"
+        if not marker.is_file():
+            from mmembed.datasets.synthetic import generate
+
+            ctx.say(f"generating synthetic MicroLens ({data.synthetic}, seed {data.seed}) into {root}")
+            generate(root, scale=data.synthetic, seed=data.seed, progress=ctx.progress, overwrite=True)
+            write_json(marker, {"scale": data.synthetic, "seed": data.seed})
+    else:
+        root = Path(data.path).expanduser()
+    ctx.root = find_layout(root).root
+    ctx.fingerprint = data_fingerprint(ctx.root)
+    write_json(ctx.run_dir / "data.json", {"root": str(ctx.root), "fingerprint": ctx.fingerprint,
+                                           **{k: v for k, v in vars(data).items() if v is not None}})
+
+
+def data_fingerprint(root: Path) -> str:
+    """Cheap identity of a dataset: names, sizes and the head and tail bytes of its files."""
+    layout = find_layout(root)
+    digest = hashlib.sha256()
+    for name in layout.FILE_NAMES:
+        path = layout.path(name)
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        digest.update(f"{name}:{size}".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(65536))
+            handle.seek(max(0, size - 65536))
+            digest.update(handle.read(65536))
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def build_table(ctx: RunContext, spec: EmbeddingSpec, seed: int, truth: Any) -> tuple[np.ndarray | None, dict]:
+    """The (N+1, d) table of one embedding and seed, from ``tables/`` when its key matches."""
+    from mmembed.recipes.tables import extracted_table, reference_table
+
+    encoders = [ctx.recipe.encoders[label] for label in spec.encoders]
+    key = _key("table", spec.name, encoders, spec.fusion, spec.dim, seed, ctx.fingerprint)
+    path = ctx.run_dir / "tables" / f"{spec.name}-seed{seed}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["key"]) == key:
+                table = saved["table"] if saved["table"].size else None
+                return table, json.loads(str(saved["info"]))
+    if spec.is_reference:
+        table, info = reference_table(spec.name, truth, seed), {"fit_seconds": 0.0, "untrained": False}
+    else:
+        table, provenance = extracted_table(ctx.root, encoders, spec.fusion, spec.dim, seed,
+                                            ctx.cache_dir / "features", progress=ctx.progress)
+        info = {"fit_seconds": provenance["fit_seconds"], "untrained": provenance.get("untrained", False),
+                "encoders": [e.get("label", e.get("name")) for e in provenance.get("encoders", [])]}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, key=np.array(key), info=np.array(json.dumps(info)),
+                     table=np.zeros(0, np.float32) if table is None else table)
+    return table, info
+
+
+# --------------------------------------------------------------------------- judge
+
+
+def judge(root: Path, table: np.ndarray | None, model: ModelSpec, seed: int, run_dir: Path,
+          progress: bool = False) -> dict:
+    """Train and validate one CTR model on one table with one training seed.
+
+    Task 1 mode locks every field but the five tunables, the seed included; a recipe's
+    seeds still have to vary the run, so a Task 1 model runs with ``task1=False`` after a
+    check that its settings touch only the tunables: the fixed DIN with another seed.
+    """
+    import ctr_eval
+    from ctr_eval.config import TASK1_TUNABLE
+
+    task1 = model.task1 if model.task1 is not None else model.name == "din"
+    settings = dict(model.settings)
+    if task1:
+        locked = sorted(set(settings) - TASK1_TUNABLE)
+        if locked:
+            raise ValueError(f"model {model.name!r} runs in Task 1 mode, where only "
+                             f"{', '.join(sorted(TASK1_TUNABLE))} may be set; got {locked} "
+                             "(set task1: false for a free configuration)")
+    return ctr_eval.evaluate(root, item_info=table, model=model.name, task1=False if task1 else model.task1,
+                             run_dir=run_dir, max_epochs=model.max_epochs, progress=progress,
+                             **{**settings, "seed": seed})
+
+
+def run_model(ctx: RunContext, model: ModelSpec, spec: EmbeddingSpec, seed: int,
+              table: np.ndarray | None, table_key: str, truth: Any) -> dict:
+    """One judged (model, embedding, seed), from its run folder when already finished."""
+    from mmembed.recipes.tables import score_run
+
+    run_dir = ctx.run_dir / "ctr" / model.name / spec.name / f"seed{seed}"
+    key = _key("ctr", vars(model), table_key, seed)
+    done = run_dir / "recipe_result.json"
+    if done.is_file():
+        saved = json.loads(done.read_text())
+        if saved.get("key") == key:
+            return saved["metrics"]
+    ctx.say(f"  {model.label} on {spec.name}, seed {seed}: training")
+    result = judge(ctx.root, table, model, seed, run_dir, progress=ctx.progress)
+    metrics = {"valid_auc": result["valid_auc"], "valid_logloss": result["valid_logloss"],
+               "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
+               "train_seconds": sum(h["train_seconds"] for h in result["history"]),
+               "history": [{"epoch": h["epoch"], "valid_auc": h["valid_auc"]} for h in result["history"]],
+               **score_run(run_dir, ctx.root, truth)}
+    write_json(done, {"key": key, "metrics": metrics})
+    return metrics
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_recipe(recipe: Recipe, run_dir: str | os.PathLike | None = None,
+               cache_dir: str | os.PathLike | None = None, progress: bool = True,
+               say: Callable[[str], None] = print) -> list[dict]:
+    """Run everything the recipe asks for; return the metric records (also in metrics.json)."""
+    from mmembed.recipes.checks import run_checks
+    from mmembed.recipes.results import write_results
+    from mmembed.recipes.tables import load_truth
+
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
+    ctx = RunContext(recipe, run_dir, Path(cache_dir) if cache_dir else run_dir.parent / ".cache",
+                     progress=progress, say=say)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _log_to(run_dir / "logs" / "run.log"):
+        _write_provenance(ctx)
+        prepare_data(ctx)
+        truth = load_truth(ctx.root)
+        _check_before_work(ctx, truth)
+        records = []
+        for spec in recipe.embeddings:
+            for seed in recipe.seeds:
+                table, info = build_table(ctx, spec, seed, truth)
+                table_key = _key("table-content", spec.name, seed, _table_digest(table))
+                checks = run_checks(ctx, spec, seed, table, truth)
+                for model in recipe.models:
+                    metrics = run_model(ctx, model, spec, seed, table, table_key, truth)
+                    records.append({"embedding": spec.name, "model": model.label, "seed": seed,
+                                    **info, **checks, **metrics})
+        write_results(ctx, records)
+    return records
+
+
+def _check_before_work(ctx: RunContext, truth: Any) -> None:
+    """Refuse, before anything is trained, what this data or these plugins cannot do."""
+    from mmembed.encoders import create_encoder
+    from mmembed.fusion import create_fusion
+
+    for spec in ctx.recipe.embeddings:
+        if spec.is_reference and spec.name in ("oracle", "content_oracle") and truth.latent is None:
+            raise ValueError(f"embedding {spec.name!r} needs the synthetic generator's truth "
+                             f"({ctx.root / 'oracle'} is missing): it exists for synthetic data only")
+        if not spec.is_reference and spec.dim != 128 and ctx.recipe.models:
+            raise ValueError(f"embedding {spec.name!r} has dim {spec.dim}, but the CTR models read the "
+                             "challenge's 128-d item_emb_d128: set dim: 128")
+        if spec.fusion is not None:
+            create_fusion({**spec.fusion, "dim": spec.dim} if "dim" in _fusion_params(spec) else spec.fusion)
+    for label, encoder in ctx.recipe.encoders.items():
+        create_encoder(encoder)  # unknown names, bad options, missing weights: now, not later
+
+
+def _fusion_params(spec: EmbeddingSpec) -> list[str]:
+    from mmembed.fusion import FUSIONS
+
+    return FUSIONS.get(spec.fusion["name"])._param_names()
+
+
+def _table_digest(table: np.ndarray | None) -> str:
+    return "dataset" if table is None else hashlib.sha256(np.ascontiguousarray(table).tobytes()).hexdigest()[:16]
+
+
+def _write_provenance(ctx: RunContext) -> None:
+    with atomic_path(ctx.run_dir / "recipe.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(ctx.recipe.to_dict(), sort_keys=False), encoding="utf-8")
+    write_json(ctx.run_dir / "environment.json", {
+        "python": sys.version.split()[0], "packages": _versions(), "git_commit": _git_commit(),
+        "recipe_source": ctx.recipe.source, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("mmembed", "torch", "numpy", "pyarrow", "faiss-cpu", "transformers", "open_clip_torch",
+                 "sentence-transformers", "accelerate", "scikit-learn"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    """Copy the mmembed and ctr_eval log records of the run into ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in ("mmembed", "ctr_eval")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()

@@ -1,0 +1,193 @@
+"""Recipes: parsing and every refusal, a tiny recipe end to end, caching and resume."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from mmembed.recipes import RecipeError, load_recipe, parse_recipe, run_recipe
+from mmembed.recipes import runner as runner_module
+from mmembed.recipes import tables as tables_module
+
+SMALL_DIN = {"embedding_dim": 8, "attention_hidden_units": [16], "dnn_hidden_units": [32, 16],
+             "batch_size": 512}
+
+
+def _write(path, text):
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def _recipe_file(tmp_path, data_path, extra=""):
+    return _write(tmp_path / "tiny.yaml", f"""
+        name: tiny
+        data: {{path: {data_path}}}
+        seeds: [1]
+        encoders:
+          sbert: {{name: sbert}}
+        embeddings:
+          - provided
+          - random
+          - oracle
+          - {{name: sbert_pca, encoders: [sbert], fusion: {{name: concat_pca}}}}
+        models:
+          - name: din
+            task1: false
+            settings: {json.dumps(SMALL_DIN)}
+            max_epochs: 1
+        checks: [proxy, knn]
+        """ + extra)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_a_recipe_parses_into_frozen_specs(tmp_path):
+    recipe = load_recipe(_recipe_file(tmp_path, "/data"))
+    assert recipe.name == "tiny" and recipe.seeds == (1,) and recipe.data.path == "/data"
+    assert [e.name for e in recipe.embeddings] == ["provided", "random", "oracle", "sbert_pca"]
+    assert recipe.embeddings[0].is_reference and not recipe.embeddings[3].is_reference
+    assert recipe.embeddings[3].fusion == {"name": "concat_pca"} and recipe.embeddings[3].dim == 128
+    assert recipe.models[0].settings["batch_size"] == 512 and recipe.models[0].max_epochs == 1
+    with pytest.raises(AttributeError):
+        recipe.name = "other"
+    assert parse_recipe(recipe.to_dict()).to_dict() == recipe.to_dict()
+
+
+def test_unknown_keys_name_the_nearest_valid_one(tmp_path):
+    path = _write(tmp_path / "r.yaml", "embedings: [provided]\n")
+    with pytest.raises(RecipeError, match=r"r.yaml: unknown key 'embedings'; did you mean 'embeddings'\?"):
+        load_recipe(path)
+    path = _write(tmp_path / "r.yaml", "embeddings: [{name: x, encoders: [sbert], fusoin: concat_pca}]\n"
+                                       "encoders: {sbert: sbert}\n")
+    with pytest.raises(RecipeError, match=r"embeddings\[0\]: unknown key 'fusoin'; did you mean 'fusion'\?"):
+        load_recipe(path)
+    path = _write(tmp_path / "r.yaml", "embeddings: [provdied]\n")
+    with pytest.raises(RecipeError, match=r"unknown key 'provdied'; did you mean 'provided'\?"):
+        load_recipe(path)
+    path = _write(tmp_path / "r.yaml", "embeddings: [{name: x, encoders: [clip]}]\nencoders: {sbert: sbert}\n")
+    with pytest.raises(RecipeError, match=r"embeddings\[0\].encoders: unknown key 'clip'"):
+        load_recipe(path)
+
+
+def test_extends_merges_mappings_and_replaces_lists(tmp_path):
+    base = _recipe_file(tmp_path, "/data")
+    child = _write(tmp_path / "child.yaml", "extends: tiny.yaml\nname: child\nseeds: [4, 5]\n"
+                                            "data: {path: /other}\n")
+    recipe = load_recipe(child)
+    assert recipe.name == "child" and recipe.seeds == (4, 5) and recipe.data.path == "/other"
+    assert len(recipe.embeddings) == len(load_recipe(base).embeddings)
+
+
+def test_bad_extends_and_cycles_are_refused(tmp_path):
+    missing = _write(tmp_path / "a.yaml", "extends: nowhere.yaml\n")
+    with pytest.raises(RecipeError, match=r"nowhere.yaml: recipe file not found"):
+        load_recipe(missing)
+    _write(tmp_path / "b.yaml", "extends: c.yaml\n")
+    _write(tmp_path / "c.yaml", "extends: b.yaml\n")
+    with pytest.raises(RecipeError, match=r"`extends` makes a cycle: .*b.yaml -> .*c.yaml -> .*b.yaml"):
+        load_recipe(tmp_path / "b.yaml")
+    with pytest.raises(RecipeError, match=r"`extends` must be the path of another recipe file"):
+        load_recipe(_write(tmp_path / "d.yaml", "extends: 3\n"))
+
+
+def test_overrides_set_nested_keys_and_refuse_bad_paths(tmp_path):
+    path = _recipe_file(tmp_path, "/data")
+    recipe = load_recipe(path, ["seeds=[7, 8]", "models.0.max_epochs=3", "data.path=/elsewhere"])
+    assert recipe.seeds == (7, 8) and recipe.models[0].max_epochs == 3 and recipe.data.path == "/elsewhere"
+    with pytest.raises(RecipeError, match=r"--set 'sedes=\[1\]': unknown key 'sedes'; did you mean 'seeds'\?"):
+        load_recipe(path, ["sedes=[1]"])
+    with pytest.raises(RecipeError, match=r"'5' must index a list of 1 items"):
+        load_recipe(path, ["models.5.max_epochs=3"])
+    with pytest.raises(RecipeError, match=r"--set expects key.path=value"):
+        load_recipe(path, ["seeds"])
+    with pytest.raises(RecipeError, match=r"models\[0\].max_epochs must be a positive integer, got 0"):
+        load_recipe(path, ["models.0.max_epochs=0"])
+
+
+def test_other_refusals(tmp_path):
+    with pytest.raises(RecipeError, match="data needs exactly one of `path`"):
+        parse_recipe({"data": {"path": "/a", "synthetic": "tiny"}, "embeddings": ["provided"]})
+    with pytest.raises(RecipeError, match="data.synthetic: unknown key 'smal'; did you mean 'small'"):
+        parse_recipe({"data": {"synthetic": "smal"}, "embeddings": ["provided"]})
+    with pytest.raises(RecipeError, match="seeds must be a non-empty list of distinct integers"):
+        parse_recipe({"seeds": [1, 1], "embeddings": ["provided"]})
+    with pytest.raises(RecipeError, match=r"embeddings \['random'\] appear more than once"):
+        parse_recipe({"embeddings": ["random", "random"]})
+    with pytest.raises(RecipeError, match="lists no table to compare"):
+        parse_recipe({"embeddings": []})
+    with pytest.raises(RecipeError, match="checks: unknown key 'knnn'; did you mean 'knn'"):
+        parse_recipe({"embeddings": ["provided"], "checks": ["knnn"]})
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _counting(monkeypatch):
+    calls = {"judge": 0, "extract": 0}
+    real_judge, real_extract = runner_module.judge, tables_module.extracted_table
+
+    def judge(*args, **kwargs):
+        calls["judge"] += 1
+        return real_judge(*args, **kwargs)
+
+    def extracted(*args, **kwargs):
+        calls["extract"] += 1
+        return real_extract(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "judge", judge)
+    monkeypatch.setattr(tables_module, "extracted_table", extracted)
+    return calls
+
+
+def test_a_tiny_recipe_runs_end_to_end_and_a_rerun_computes_nothing(tiny_root, tmp_path, monkeypatch):
+    recipe = load_recipe(_recipe_file(tmp_path, tiny_root))
+    calls = _counting(monkeypatch)
+    said = []
+    records = run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=said.append)
+    assert calls == {"judge": 4, "extract": 1}
+    assert [(r["embedding"], r["seed"]) for r in records] == [
+        ("provided", 1), ("random", 1), ("oracle", 1), ("sbert_pca", 1)]
+    for r in records:
+        assert 0.0 <= r["valid_auc"] <= 1.0 and 0.0 <= r["test_auc"] <= 1.0 and 0.0 <= r["proxy_auc"] <= 1.0
+        assert 0.0 <= r["knn_tag_overlap"] <= 1.0 and r["epochs_run"] == 1
+    run = tmp_path / "run"
+    for name in ("recipe.yaml", "environment.json", "data.json", "metrics.json", "metrics.csv",
+                 "summary.md", "logs/run.log"):
+        assert (run / name).is_file(), name
+    summary = (run / "summary.md").read_text()
+    assert "| din (task 2) | oracle | 1 |" in summary and "100%" in summary
+    assert json.loads((run / "environment.json").read_text())["packages"]["torch"]
+    again = run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=said.append)
+    assert calls == {"judge": 4, "extract": 1}  # nothing new
+    assert again == records and (run / "summary.md").read_text() == summary
+
+
+def test_a_killed_run_resumes_to_the_same_table(tiny_root, tmp_path, monkeypatch):
+    recipe = load_recipe(_recipe_file(tmp_path, tiny_root), ["embeddings=[provided, random]"])
+    straight = run_recipe(recipe, tmp_path / "straight", cache_dir=tmp_path / "cache", progress=False,
+                          say=lambda _: None)
+    real_judge, seen = runner_module.judge, []
+
+    def dies_on_the_second(*args, **kwargs):
+        seen.append(1)
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # as a kill between two runs would leave it
+        return real_judge(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "judge", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, tmp_path / "killed", cache_dir=tmp_path / "cache", progress=False, say=lambda _: None)
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    calls = _counting(monkeypatch)
+    resumed = run_recipe(recipe, tmp_path / "killed", cache_dir=tmp_path / "cache", progress=False,
+                         say=lambda _: None)
+    assert calls["judge"] == 1  # only the unfinished one
+    assert [r["valid_auc"] for r in resumed] == [r["valid_auc"] for r in straight]
+
+
+def test_task1_models_refuse_settings_beyond_the_tunables(tiny_root, tmp_path):
+    recipe = load_recipe(_recipe_file(tmp_path, tiny_root), ["models.0.task1=true", "embeddings=[provided]"])
+    with pytest.raises(ValueError, match=r"runs in Task 1 mode, where only .* may be set; got \['attention_hidden_units'"):
+        run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=lambda _: None)
