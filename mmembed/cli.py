@@ -84,6 +84,20 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fusions(args: argparse.Namespace) -> int:
+    import inspect
+
+    from mmembed.fusion import FUSIONS
+
+    for name in FUSIONS.names():
+        cls = FUSIONS.get(name)
+        summary = (inspect.getdoc(cls) or "").splitlines()[0] if inspect.getdoc(cls) else ""
+        params = ", ".join(cls._param_names())
+        print(f"{name:14s} {summary}\n{'':14s} parameters: {params}"
+              + ("; learns from train histories" if cls.uses_sequences else ""))
+    return 0
+
+
 def cmd_encoders(args: argparse.Namespace) -> int:
     from mmembed.encoders import encoders_table
 
@@ -367,9 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encoders", parents=[common],
                        help="list the registered encoders and whether their weights are here")
     p.set_defaults(func=cmd_encoders)
+    p = sub.add_parser("fusions", parents=[common], help="list the registered fusion heads")
+    p.set_defaults(func=cmd_fusions)
     p = sub.add_parser("summary", parents=[common], help="print a summary table of a dataset")
     p.add_argument("data_dir")
     p.set_defaults(func=cmd_summary)
+    from mmembed.recipes.cli import add_run_parser
+
+    add_run_parser(sub, common)
     return parser
 
 

@@ -191,3 +191,22 @@ def test_task1_models_refuse_settings_beyond_the_tunables(tiny_root, tmp_path):
     recipe = load_recipe(_recipe_file(tmp_path, tiny_root), ["models.0.task1=true", "embeddings=[provided]"])
     with pytest.raises(ValueError, match=r"runs in Task 1 mode, where only .* may be set; got \['attention_hidden_units'"):
         run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=lambda _: None)
+
+
+def test_every_shipped_recipe_parses_and_names_registered_plugins():
+    from pathlib import Path
+
+    from mmembed.encoders import list_encoders
+    from mmembed.fusion import list_fusions
+
+    shipped = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+    assert {p.stem for p in shipped} >= {"demo", "task1_baseline", "compare_fusions", "task1_mllm",
+                                         "task2_transact_dcn"}
+    for path in shipped:
+        recipe = load_recipe(path)
+        assert recipe.name == path.stem
+        for spec in recipe.encoders.values():
+            assert spec["name"] in list_encoders(), (path, spec)
+        for embedding in recipe.embeddings:
+            if embedding.fusion:
+                assert embedding.fusion["name"] in list_fusions(), (path, embedding)
