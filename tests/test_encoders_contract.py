@@ -28,7 +28,7 @@ NO_TEXT, NO_IMAGE, NOT_STORED = 3, 5, 7
 # Per encoder: the items of the test catalog it lacks the input for.
 MISSING_INPUTS = {
     "sbert": {NO_TEXT}, "bert": {NO_TEXT}, "clip": {NO_TEXT, NO_IMAGE},
-    "mllm": {NO_TEXT, NO_IMAGE}, "precomputed": {NOT_STORED},
+    "mllm": {NO_TEXT, NO_IMAGE}, "precomputed": {NOT_STORED}, "pixels": {NO_IMAGE},
 }
 
 
@@ -64,6 +64,7 @@ def assets(tmp_path_factory):
         "clip": tiny_clip_spec(),
         "mllm": {"name": "mllm", "model": str(qwen)},
         "precomputed": {"name": "precomputed", "path": str(root / "feats.parquet"), "column": "emb"},
+        "pixels": {"name": "pixels", "thumbnail": 4, "hsv_bins": [4, 2, 2], "orientation_bins": 4},
     }
     return {"records": records, "specs": specs, "root": root}
 
@@ -166,7 +167,7 @@ def test_bad_encode_arguments(encoded, catalog):
 def test_create_encoder_specs_and_unknown_name():
     from mmembed.encoders import UnknownNameError
 
-    with pytest.raises(UnknownNameError, match=r"unknown encoder 'sbret'\. Did you mean 'sbert'\? Known encoders: bert, clip, mllm, precomputed, sbert"):
+    with pytest.raises(UnknownNameError, match=r"unknown encoder 'sbret'\. Did you mean 'sbert'\? Known encoders: bert, clip, mllm, pixels, precomputed, sbert"):
         create_encoder("sbret")
     with pytest.raises(ValueError, match="has no 'name'"):
         create_encoder({"model": "x"})

@@ -2,7 +2,7 @@
 
     >>> from mmembed.encoders import create_encoder, list_encoders
     >>> list_encoders()
-    ['bert', 'clip', 'mllm', 'precomputed', 'sbert']
+    ['bert', 'clip', 'mllm', 'pixels', 'precomputed', 'sbert']
     >>> enc = create_encoder({"name": "bert", "model": "bert-base-uncased", "pooling": "mean"})
 
 Adding an encoder: subclass :class:`Encoder` in a new module and decorate it with
@@ -58,7 +58,8 @@ def encoder_info(name: str) -> dict[str, Any]:
             weights_offline=True,
             weights_id=encoder.weights_id(),
             random_init=encoder.is_random_init,
-            weights_message="random init (untrained)" if encoder.is_random_init else "found locally",
+            weights_message=("no learned weights" if not cls.needs_weights else
+                             "random init (untrained)" if encoder.is_random_init else "found locally"),
         )
     return info
 
@@ -71,13 +72,15 @@ def encoders_table(names: list[str] | None = None) -> str:
         status = {True: "yes", False: "missing", None: "needs options"}[info["weights_offline"]]
         if info.get("random_init"):
             status = "random init"
+        elif not get_encoder(name).needs_weights:
+            status = "none needed"
         rows.append((name, "+".join(info["modalities"]) or "-", str(info["default_model"] or "-"), status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
 # Importing the family modules registers them. They import torch & co. lazily.
-from . import bert, clip, mllm, precomputed, sbert  # noqa: E402,F401
+from . import bert, clip, mllm, pixels, precomputed, sbert  # noqa: E402,F401
 
 __all__ = [
     "ENCODERS",

@@ -91,6 +91,8 @@ class Encoder(ABC):
     #: options that only change where/how fast it runs; not part of config()
     runtime_defaults: ClassVar[dict[str, Any]] = {}
     default_batch_size: ClassVar[int] = 64
+    #: False for classical feature extractors that have no learned weights at all
+    needs_weights: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         valid_names = set(self.defaults) | set(self.runtime_defaults)
