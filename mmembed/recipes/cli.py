@@ -1,4 +1,4 @@
-"""``mmembed run RECIPE``: the recipe runner on the command line."""
+"""``mmembed run RECIPE`` and ``mmembed report RUN_DIR``: the recipe runner on the command line."""
 from __future__ import annotations
 
 import argparse
@@ -11,11 +11,18 @@ EXAMPLE = """example:
   mmembed run my.yaml --out runs/mine        # rerun: computes only what is missing
 """
 
+REPORT_EXAMPLE = """example:
+  mmembed report runs/demo                   # -> runs/demo/report/index.html and summary.md
+  mmembed report runs/demo --out /tmp/demo-report
+"""
+
 
 def add_run_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register ``run`` and ``report`` on the ``mmembed`` subparsers."""
     p = sub.add_parser("run", parents=[common], help="run a recipe: compare embedding strategies side by side",
                        description="Run every (embedding, CTR model, seed) a recipe asks for, each step "
-                                   "cached, and write metrics and a summary into the run folder.",
+                                   "cached, and write metrics, a summary and the report (report/index.html) "
+                                   "into the run folder.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="a recipe YAML file (see recipes/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -23,10 +30,23 @@ def add_run_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (default runs/<recipe name>)")
     p.add_argument("--cache-dir", help="synthetic data and feature cache (default: <run folder>/../.cache)")
     p.set_defaults(func=cmd_run)
+    add_report_parser(sub, common)
+
+
+def add_report_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("report", parents=[common], help="write the HTML and Markdown report of a recipe run",
+                       description="Write RUN_DIR/report/index.html (figures and cover thumbnails as PNG "
+                                   "files beside it) and summary.md from what a recipe run saved; "
+                                   "`mmembed run` writes it at its end too.",
+                       epilog=REPORT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run folder written by `mmembed run`")
+    p.add_argument("--out", help="report folder (default RUN_DIR/report)")
+    p.set_defaults(func=cmd_report)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mmembed.recipes import load_recipe, run_recipe
+    from mmembed.recipes.report import write_report
     from mmembed.recipes.results import format_summary
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -37,4 +57,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(format_summary(records))
     print(f"\nresults: {run_dir / 'summary.md'}, {run_dir / 'metrics.csv'}")
+    print(f"report: {write_report(run_dir)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mmembed.recipes.report import write_report
+
+    print(f"report: {write_report(args.run_dir, args.out)}")
     return 0

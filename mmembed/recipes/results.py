@@ -9,7 +9,8 @@ import numpy as np
 
 from ctr_eval.format import atomic_path, write_json
 
-__all__ = ["write_results", "summary_rows", "format_summary", "spearman"]
+__all__ = ["write_results", "summary_rows", "summary_cells", "spearman_note", "format_summary",
+           "spearman", "SUMMARY_HEADER"]
 
 _COLUMNS = ("embedding", "model", "seed", "valid_auc", "valid_logloss", "test_auc", "rare_test_auc",
             "rare_test_rows", "proxy_auc", "knn_tag_overlap", "knn_coclick_hit", "knn_truth_overlap",
@@ -61,25 +62,39 @@ def summary_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+#: the columns of the summary table, in order (see :func:`summary_cells`)
+SUMMARY_HEADER = ("model", "embedding", "seeds", "valid AUC", "gap closed", "test AUC", "rare-item test AUC",
+                  "proxy AUC", "tag overlap@10", "co-click hit@10", "fit s", "train s")
+
+
+def summary_cells(row: dict, flag_untrained: bool = True) -> list[str]:
+    """The cells of one row of :func:`summary_rows`, as text; "-" where not computed.
+    ``flag_untrained`` appends "(random-init encoder)" to the embedding's name."""
+    recs = row["records"]
+    pick = lambda key: _mean_sd([r.get(key) for r in recs])  # noqa: E731
+    gap = "-" if row["gap_closed"] is None else f"{row['gap_closed']:.0%}"
+    name = row["embedding"] + (" (random-init encoder)" if flag_untrained and row["untrained"] else "")
+    return [row["model"], name, str(len(recs)), pick("valid_auc"), gap, pick("test_auc"), pick("rare_test_auc"),
+            pick("proxy_auc"), pick("knn_tag_overlap"), pick("knn_coclick_hit"),
+            f"{row['mean'].get('fit_seconds', 0):.1f}", f"{row['mean'].get('train_seconds', 0):.0f}"]
+
+
+def spearman_note(rows: list[dict]) -> str | None:
+    """How well the proxy AUC ranks the rows of :func:`summary_rows` like the CTR model (None if < 3)."""
+    rho = spearman([r["mean"].get("proxy_auc") for r in rows], [r["mean"].get("valid_auc") for r in rows])
+    if rho is None:
+        return None
+    return (f"Spearman rank correlation of the proxy AUC with the CTR model's valid AUC over "
+            f"the {len(rows)} rows: {rho:.2f}")
+
+
 def format_summary(records: list[dict]) -> str:
     rows = summary_rows(records)
-    lines = ["| model | embedding | seeds | valid AUC | gap closed | test AUC | rare-item test AUC "
-             "| proxy AUC | tag overlap@10 | co-click hit@10 | fit s | train s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in rows:
-        recs = row["records"]
-        pick = lambda key: _mean_sd([r.get(key) for r in recs])  # noqa: E731
-        gap = "-" if row["gap_closed"] is None else f"{row['gap_closed']:.0%}"
-        name = row["embedding"] + (" (random-init encoder)" if row["untrained"] else "")
-        lines.append(f"| {row['model']} | {name} | {len(recs)} | {pick('valid_auc')} | {gap} | {pick('test_auc')} "
-                     f"| {pick('rare_test_auc')} | {pick('proxy_auc')} | {pick('knn_tag_overlap')} "
-                     f"| {pick('knn_coclick_hit')} | {row['mean'].get('fit_seconds', 0):.1f} "
-                     f"| {row['mean'].get('train_seconds', 0):.0f} |")
-    rho = spearman([r["mean"].get("proxy_auc") for r in rows], [r["mean"].get("valid_auc") for r in rows])
-    if rho is not None:
-        lines.append("")
-        lines.append(f"Spearman rank correlation of the proxy AUC with the CTR model's valid AUC over "
-                     f"the {len(rows)} rows: {rho:.2f}")
+    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + " --- |" * len(SUMMARY_HEADER)]
+    lines += ["| " + " | ".join(summary_cells(row)) + " |" for row in rows]
+    note = spearman_note(rows)
+    if note is not None:
+        lines += ["", note]
     return "\n".join(lines)
 
 
