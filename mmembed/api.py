@@ -161,7 +161,11 @@ def extract(
     batch_size, num_workers: passed to each encoder (num_workers: DataLoader workers).
     progress: progress bars, main process only.
     shard_size: items per cache shard (the default is ``mmembed.cache.DEFAULT_SHARD_SIZE``).
-    sequences: user sequences, for fusion heads that learn from them.
+    sequences: histories for fusion heads that learn from them (``uses_sequences``): an
+        (n, L) int array, left zero-padded, k > 0 = the catalog's item row k - 1. None (the
+        default) reads the train histories of the dataset folder the items come from
+        (train.parquet's item_seq and item_seq.parquet, each history once; valid and test
+        are never read); items from records have none, so such a head then needs them.
     images: "auto", None or a path to the covers; dataset directories only.
 
     Everything that bad input can break (encoder specs and weights, fusion, dim, the
@@ -169,8 +173,7 @@ def extract(
     """
     built, labels, head = _build_models(encoders, fusion, dim)
     catalog, source_dir, source = _as_catalog(data, images, progress)
-    if head is not None and head.uses_sequences and sequences is None:
-        raise ValueError(f"fusion {head.name!r} learns from user sequences: pass sequences=...")
+    sequences, sequence_record = _head_sequences(head, sequences, catalog, source_dir, source)
 
     fingerprint = catalog.fingerprint()  # stats every image file: once, not per encoder
     features = _encode_all(
@@ -187,7 +190,7 @@ def extract(
     return ItemEmbeddings(
         ids=np.asarray(catalog.item_ids, dtype=np.int64).copy(),
         vectors=vectors,
-        provenance=_provenance(built, labels, features, head, vectors, data_record),
+        provenance=_provenance(built, labels, features, head, vectors, data_record, sequence_record),
         valid={label: f.valid for label, f in features.items()},
         tags=np.asarray(catalog.tags, dtype=np.int64).copy(),
         source_dir=source_dir,
@@ -222,6 +225,48 @@ def check_widths(head: Any, widths: Mapping[str, int], dim: int | None) -> None:
         head.check_input_widths(widths)
 
 
+def _head_sequences(head: Any, sequences: Any, catalog: Any, source_dir: Path | None,
+                    source: str) -> tuple[Any, dict[str, Any] | None]:
+    """(the sequences the fusion head is fitted with, a provenance record of them).
+
+    A head that learns from histories gets ``sequences`` when given, else the train
+    histories of ``source_dir`` mapped to catalog rows; read here, before any encoder runs,
+    so that a missing or broken file stops the run early.
+    """
+    if head is None or not head.uses_sequences:
+        return sequences, None
+    if sequences is not None:
+        return sequences, {"source": "given", "n_histories": int(len(sequences))}
+    if source_dir is None:
+        raise ValueError(
+            f"fusion {head.name!r} learns from train histories, but the items come from {source}, "
+            "which has none: pass a dataset folder (its train.parquet and item_seq.parquet are "
+            "read) or sequences=(n, L) rows of the catalog")
+    from mmembed.datasets.interactions import load_train_histories
+
+    histories = load_train_histories(source_dir)
+    rows = history_rows(histories.item_seq, catalog.item_ids)
+    return rows, {"source": [str(p) for p in histories.sources], "rows_read": histories.rows_read,
+                  "n_histories": int(len(rows))}
+
+
+def history_rows(item_seq: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """Histories of item ids as histories of catalog rows: id -> 1 + its row in
+    ``item_ids`` (0 stays padding). Ids the catalog lacks become 0 too, with a warning."""
+    ids = np.asarray(item_ids, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    where = np.clip(np.searchsorted(sorted_ids, item_seq), 0, max(len(ids) - 1, 0))
+    found = (item_seq != 0) & (sorted_ids[where] == item_seq) if len(ids) else np.zeros(item_seq.shape, bool)
+    unknown = (item_seq != 0) & ~found
+    if unknown.any():
+        examples = np.unique(item_seq[unknown])[:5].tolist()
+        logger.warning("train histories: %d click(s) on %d item id(s) absent from the catalog "
+                       "(e.g. %s) are left out", int(unknown.sum()), len(np.unique(item_seq[unknown])),
+                       examples)
+    return np.where(found, order[where] + 1, 0).astype(np.int64)
+
+
 def _encode_all(built: list[Any], labels: list[str], catalog: Any, fingerprint: str,
                 **options: Any) -> dict[str, Any]:
     """{label: EncodedFeatures}, each through the feature cache (``options``: encode_cached's)."""
@@ -234,7 +279,8 @@ def _encode_all(built: list[Any], labels: list[str], catalog: Any, fingerprint: 
 
 
 def _provenance(built: list[Any], labels: list[str], features: dict[str, Any], head: Any,
-                vectors: np.ndarray, data_record: dict[str, Any]) -> dict[str, Any]:
+                vectors: np.ndarray, data_record: dict[str, Any],
+                sequence_record: dict[str, Any] | None = None) -> dict[str, Any]:
     from mmembed import __version__
 
     encoder_records = [_encoder_record(label, e, features[label]) for label, e in zip(labels, built)]
@@ -250,6 +296,7 @@ def _provenance(built: list[Any], labels: list[str], features: dict[str, Any], h
             "name": head.name,
             "params": head.get_params(),
             "n_fit_items": getattr(head, "n_fit_items_", None),
+            **({"sequences": sequence_record} if sequence_record else {}),
         },
         "dim": int(vectors.shape[1]),
         "untrained": bool(untrained),

@@ -44,3 +44,6 @@ def load_fusion(directory) -> FusionHead:
 
 # Built-in heads register themselves on import.
 from mmembed.fusion import concat_pca as _concat_pca  # noqa: E402,F401
+from mmembed.fusion import modality_pca as _modality_pca  # noqa: E402,F401
+from mmembed.fusion import contrastive as _contrastive  # noqa: E402,F401
+from mmembed.fusion import gated as _gated  # noqa: E402,F401

@@ -1,0 +1,277 @@
+"""``contrastive``: a content network trained so that items close in a history meet.
+
+What it learns, in order:
+
+1. each encoder's block is L2-normalised row by row, centred on the mean of its valid
+   rows and scaled to unit mean squared norm (rows an encoder marked invalid become the
+   block's centre, a zero input), and the blocks are concatenated;
+2. an MLP with one hidden layer (GELU) maps them to ``dim`` dims; with ``residual=True``
+   each item that occurs in the training histories adds a free vector of its own, scaled
+   by ``count / (count + residual_shrink)`` so that rarely seen items keep close to what
+   their content says (an item seen once moves its vector at most ``1 / (1 +
+   residual_shrink)`` as far as a frequent one); the sum is L2-normalised;
+3. training pairs are the items at most ``window`` positions apart in a history (both
+   directions); each history of a seeded ``holdout`` share is held out for early
+   stopping. The objective is InfoNCE over in-batch negatives with the log-q
+   correction of sampled softmax (each key's logit minus the log of its item's frequency
+   among the keys) at a fixed ``temperature``: cosine / 0.1 spans [-10, 10], enough for a
+   softmax over a batch of a thousand keys, and a fixed value keeps runs comparable (a
+   learnt one tends to keep sharpening as the batch loss falls).
+
+Because the network maps content to vectors, items absent from every history still get
+a vector. The residual is tied to feature rows: ``transform`` with residual needs the
+fit's items in the fit's order (the same number of rows; a different number raises
+ValueError), and without it any items can be transformed. Training runs through
+:mod:`mmembed.fusion._train_loop` (Accelerate; one or several processes give the same
+head up to float rounding).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctr_eval.checks import check_positive_int
+from mmembed.fusion import register_fusion
+from mmembed.fusion._train_loop import (LoopOptions, WindowSampler, check_sequences, count_log_q,
+                                        info_nce, item_counts, split_histories, train_pairs)
+from mmembed.fusion.base import FeatureBlock, FusionHead, as_blocks
+
+logger = logging.getLogger(__name__)
+
+_CHUNK_ROWS = 8192
+
+
+class ContrastiveNet(nn.Module):
+    """Concatenated blocks -> Linear -> GELU -> Linear (+ shrunk per-item residual) -> unit vectors."""
+
+    def __init__(self, in_dims: list[int], hidden: int, dim: int, shrink: np.ndarray | None) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(sum(in_dims), hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.residual = None
+        if shrink is not None:
+            self.residual = nn.Embedding(len(shrink), dim)
+            nn.init.zeros_(self.residual.weight)
+            self.register_buffer("shrink", torch.as_tensor(shrink, dtype=torch.float32))
+
+    def forward(self, blocks: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        out = self.mlp(torch.cat(blocks, dim=1))
+        if self.residual is not None:
+            out = out + self.shrink[rows, None] * self.residual(rows)
+        return nn.functional.normalize(out, dim=1)
+
+    def effective_residual(self) -> np.ndarray:
+        """Each item's residual as added to the network's output: (items, dim)."""
+        with torch.no_grad():
+            return (self.shrink[:, None] * self.residual.weight).cpu().numpy()
+
+
+@register_fusion("contrastive")
+class ContrastiveFusion(FusionHead):
+    """Content MLP (+ optional per-item residual) trained with in-batch InfoNCE on
+    co-occurrence in train histories."""
+
+    uses_sequences = True
+    tiny_params = {"dim": 4, "hidden": 8, "epochs": 2, "batch_size": 64}
+    #: the network ``(in_dims, hidden, dim, shrink)``; subclasses (``gated``) swap it
+    net_class: type = ContrastiveNet
+
+    def __init__(self, dim: int = 128, hidden: int = 256, window: int = 3, temperature: float = 0.1,
+                 residual: bool = False, residual_shrink: float = 5.0, epochs: int = 10,
+                 batch_size: int = 1024, learning_rate: float = 1e-3, weight_decay: float = 0.0,
+                 patience: int = 2, holdout: float = 0.1, seed: int = 0, device: str | None = None) -> None:
+        self.dim = dim
+        self.hidden = hidden
+        self.window = window
+        self.temperature = temperature
+        self.residual = residual
+        self.residual_shrink = residual_shrink
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.holdout = holdout
+        self.seed = seed
+        self.device = device
+
+    # -- checks --------------------------------------------------------------------------
+    def _loop_options(self) -> LoopOptions:
+        options = LoopOptions(epochs=self.epochs, batch_size=self.batch_size,
+                              learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+                              patience=self.patience, seed=self.seed, device=self.device)
+        options.check("contrastive")
+        return options
+
+    def _check_params(self) -> None:
+        for name in ("dim", "hidden", "window"):
+            check_positive_int(f"contrastive: {name}", getattr(self, name))
+        if not isinstance(self.residual, bool):
+            raise TypeError(f"contrastive: residual must be True or False, got {self.residual!r}")
+        _check_real("temperature", self.temperature, above=0.0)
+        _check_real("residual_shrink", self.residual_shrink, at_least=0.0)
+        _check_real("holdout", self.holdout, at_least=0.0, below=1.0)
+
+    # -- inputs --------------------------------------------------------------------------
+    def _fit_inputs(self, blocks: list[FeatureBlock]) -> None:
+        """Per-block centre and scale of the normalised valid rows."""
+        self.block_names_ = [b.name for b in blocks]
+        self.block_dims_ = [int(b.vectors.shape[1]) for b in blocks]
+        self.block_mean_, self.block_scale_ = [], []
+        for b in blocks:
+            if not b.valid.any():
+                raise ValueError(f"contrastive: encoder {b.name!r} has no valid item; drop it or fix its input")
+            x = _unit_rows(b.vectors[b.valid])
+            mean = x.mean(axis=0)
+            spread = float(np.mean(np.sum((x - mean) ** 2, axis=1)))
+            self.block_mean_.append(mean.astype(np.float32))
+            self.block_scale_.append(np.float32(1.0 / math.sqrt(spread) if spread > 0 else 1.0))
+
+    def _inputs(self, blocks: list[FeatureBlock]) -> list[np.ndarray]:
+        out = []
+        for b, mean, scale in zip(blocks, self.block_mean_, self.block_scale_):
+            x = (_unit_rows(b.vectors) - mean) * scale
+            x[~b.valid] = 0.0
+            out.append(x.astype(np.float32))
+        return out
+
+    # -- fit -----------------------------------------------------------------------------
+    def fit(self, features: Mapping[str, Any], sequences: Any = None) -> "ContrastiveFusion":
+        self._check_params()
+        options = self._loop_options()
+        blocks = as_blocks(features)
+        n_items = len(blocks[0].vectors)
+        sequences = check_sequences(sequences, n_items, "contrastive")
+        self._fit_inputs(blocks)
+        held = split_histories(len(sequences), self.holdout, self.seed)
+        train_seqs = sequences[~held]
+        sampler = WindowSampler(train_seqs, self.window, self.seed)
+        if len(sampler) == 0:
+            raise ValueError("contrastive: the histories hold no pair of distinct items to learn from")
+        held_pairs = WindowSampler(sequences[held], self.window, self.seed)(0)
+        self.item_counts_ = item_counts(train_seqs, n_items)
+        net = self._new_net([b.vectors.shape[1] for b in blocks], n_items)
+        objective = functools.partial(info_nce, temperature=float(self.temperature))
+        result = train_pairs(net, self._inputs(blocks), sampler, held_pairs, objective, options,
+                             count_log_q(self.item_counts_), where="contrastive")
+        self.net_ = net
+        self.n_items_ = n_items
+        self.n_pairs_ = len(sampler)
+        self.n_held_out_pairs_ = int(len(held_pairs))
+        self.history_ = result.history
+        self.best_epoch_ = result.best_epoch
+        self.stopped_ = result.stopped
+        self.processes_ = result.processes
+        self.n_fit_items_ = int((self.item_counts_ > 0).sum())
+        logger.info("contrastive: best epoch %d of %d (%s); %d of %d items in the training histories",
+                    result.best_epoch, len(result.history), result.stopped, self.n_fit_items_, n_items)
+        return self
+
+    def _shrink(self, counts: np.ndarray) -> np.ndarray:
+        return (counts / (counts + self.residual_shrink)).astype(np.float32) if self.residual_shrink else (
+            (counts > 0).astype(np.float32))
+
+    def _new_net(self, in_dims: list[int], n_items: int, counts: np.ndarray | None = None) -> ContrastiveNet:
+        counts = self.item_counts_ if counts is None else counts
+        shrink = self._shrink(counts) if self.residual else None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return self.net_class(in_dims, self.hidden, self.dim, shrink)
+
+    # -- transform -----------------------------------------------------------------------
+    def transform(self, features: Mapping[str, Any]) -> np.ndarray:
+        self._check_fitted()
+        blocks = self._fitted_order(as_blocks(features))
+        n_items = len(blocks[0].vectors)
+        if self.residual and n_items != self.n_items_:
+            raise ValueError(
+                f"contrastive: fitted with residual=True on {self.n_items_} items, got {n_items}: "
+                "the per-item residual belongs to the fit's rows; transform the same items in "
+                "the same order, or fit with residual=False to embed other items")
+        inputs = self._inputs(blocks)
+        out = np.empty((n_items, self.dim), dtype=np.float32)
+        with torch.no_grad():
+            for start in range(0, n_items, _CHUNK_ROWS):
+                rows = torch.arange(start, min(start + _CHUNK_ROWS, n_items))
+                chunk = [torch.as_tensor(x[start: start + _CHUNK_ROWS]) for x in inputs]
+                out[start: start + len(rows)] = self.net_(chunk, rows).numpy()
+        return out
+
+    def _fitted_order(self, blocks: list[FeatureBlock]) -> list[FeatureBlock]:
+        """``blocks`` in the fit's encoder order; other encoders or widths are refused."""
+        by_name = {b.name: b for b in blocks}
+        if sorted(by_name) != sorted(self.block_names_):
+            raise ValueError(f"contrastive: transform got features of encoders {sorted(by_name)}, "
+                             f"but the head was fitted on {self.block_names_}")
+        for name, width in zip(self.block_names_, self.block_dims_):
+            if by_name[name].vectors.shape[1] != width:
+                raise ValueError(f"contrastive: features[{name!r}] has {by_name[name].vectors.shape[1]} "
+                                 f"dims, but the head was fitted with {width}")
+        return [by_name[name] for name in self.block_names_]
+
+    def residual_vectors(self) -> np.ndarray:
+        """Each item's residual as added before normalisation ((items, dim); zero rows for
+        items absent from the training histories)."""
+        self._check_fitted()
+        if not self.residual:
+            raise ValueError("contrastive: this head was fitted with residual=False")
+        return self.net_.effective_residual()
+
+    # -- persistence ---------------------------------------------------------------------
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        state = {
+            "block_names": self.block_names_, "block_dims": self.block_dims_,
+            "n_items": self.n_items_, "n_pairs": self.n_pairs_,
+            "n_held_out_pairs": self.n_held_out_pairs_, "history": self.history_,
+            "best_epoch": self.best_epoch_, "stopped": self.stopped_, "processes": self.processes_,
+            "n_fit_items": self.n_fit_items_,
+        }
+        arrays = {"item_counts": self.item_counts_}
+        for i, (mean, scale) in enumerate(zip(self.block_mean_, self.block_scale_)):
+            arrays[f"block_mean_{i}"], arrays[f"block_scale_{i}"] = mean, np.asarray(scale)
+        for key, value in self.net_.state_dict().items():
+            arrays[f"net.{key}"] = value.detach().cpu().numpy()
+        return state, arrays
+
+    def _set_state(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        self.block_names_ = list(state["block_names"])
+        self.block_dims_ = [int(d) for d in state["block_dims"]]
+        self.n_items_ = int(state["n_items"])
+        self.n_pairs_ = int(state["n_pairs"])
+        self.n_held_out_pairs_ = int(state["n_held_out_pairs"])
+        self.history_ = list(state["history"])
+        self.best_epoch_ = int(state["best_epoch"])
+        self.stopped_ = str(state["stopped"])
+        self.processes_ = int(state["processes"])
+        self.n_fit_items_ = int(state["n_fit_items"])
+        self.item_counts_ = arrays["item_counts"]
+        count = len(self.block_names_)
+        self.block_mean_ = [arrays[f"block_mean_{i}"] for i in range(count)]
+        self.block_scale_ = [np.float32(arrays[f"block_scale_{i}"]) for i in range(count)]
+        net = self._new_net(self.block_dims_, self.n_items_, self.item_counts_)
+        net.load_state_dict({key[4:]: torch.as_tensor(value) for key, value in arrays.items()
+                             if key.startswith("net.")})
+        self.net_ = net.eval()
+
+
+def _check_real(name: str, value: Any, above: float | None = None, at_least: float | None = None,
+                below: float | None = None) -> None:
+    """TypeError unless ``value`` is a real number; ValueError unless it is finite and in range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"contrastive: {name} must be a number, got {type(value).__name__} {value!r}")
+    ok = math.isfinite(value) and (above is None or value > above) and (
+        at_least is None or value >= at_least) and (below is None or value < below)
+    if not ok:
+        span = " and ".join(f"{op} {bound}" for op, bound in ((">", above), (">=", at_least), ("<", below))
+                            if bound is not None)
+        raise ValueError(f"contrastive: {name} must be a finite number {span}, got {value!r}")
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
