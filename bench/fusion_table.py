@@ -38,9 +38,11 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_WORK = Path("runs") / "bench" / "fusion_table"
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "fusion_table.json"  # committed
 REFERENCE_ROWS = ("random", "provided", "oracle", "content_oracle")
 DEFAULT_ENCODERS = ("sbert", "pixels")
-DEFAULT_HEADS = ("concat_pca", "modality_pca", "gated", "contrastive")
+HEAD_SPECS = {"contrastive_residual": {"name": "contrastive", "residual": True}}  # rows that are not head names
+DEFAULT_HEADS = ("concat_pca", "modality_pca", "gated", "contrastive", "contrastive_residual")
 
 
 def log(message: str) -> None:
@@ -52,7 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", default=None, help="synthetic dataset root (default: small, seed 0, "
                                                  "generated into --work-dir once)")
     p.add_argument("--work-dir", default=str(DEFAULT_WORK), help="data, caches and DIN run folders")
-    p.add_argument("--results-file", default=None, help="default: <work-dir>/results.json")
+    p.add_argument("--results-file", default=None,
+                   help="finished runs (default bench/results/fusion_table.json, kept in the repo "
+                        "so the table fills over several sittings)")
     p.add_argument("--rows", default=None, help="comma-separated rows (default: all)")
     p.add_argument("--encoders", default=",".join(DEFAULT_ENCODERS),
                    help="encoders for the pca:<enc> rows and the fusion heads")
@@ -72,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown row(s) {unknown}; valid: {all_rows}")
     args.work_dir = Path(args.work_dir)
-    args.results_file = Path(args.results_file or args.work_dir / "results.json")
+    args.results_file = Path(args.results_file or DEFAULT_RESULTS)
     return args
 
 
@@ -92,15 +96,19 @@ def ensure_root(args: argparse.Namespace) -> Path:
 
 
 def row_table(row: str, root: Path, truth, args: argparse.Namespace, seed: int) -> tuple:
-    """(table or None for the dataset's own, seconds the fusion took) of one row."""
+    """(table or None for the dataset's own, seconds the fusion took, the fusion's
+    provenance) of one row."""
     from mmembed.recipes.tables import extracted_table, reference_table
 
     if row in REFERENCE_ROWS:
-        return reference_table(row, truth, seed), 0.0
-    names, fusion = ([row[4:]], {"name": "concat_pca"}) if row.startswith("pca:") else (args.encoders, {"name": row})
+        return reference_table(row, truth, seed), 0.0, None
+    if row.startswith("pca:"):
+        names, fusion = [row[4:]], {"name": "concat_pca"}
+    else:
+        names, fusion = args.encoders, HEAD_SPECS.get(row, {"name": row})
     table, provenance = extracted_table(root, names, fusion, 128, seed, args.work_dir / "feature_cache",
                                         progress=True)
-    return table, provenance["fit_seconds"]
+    return table, provenance["fit_seconds"], provenance.get("fusion")
 
 
 # --------------------------------------------------------------------------- runs
@@ -143,11 +151,11 @@ def run_missing(args: argparse.Namespace) -> dict:
             if key in results:
                 continue
             log(f"{row}, seed {seed}: building the table")
-            table, fit_seconds = row_table(row, root, truth, args, seed)
+            table, fit_seconds, fusion = row_table(row, root, truth, args, seed)
             log(f"{row}, seed {seed}: training the DIN (fit took {fit_seconds:.1f} s)")
             run_dir = args.work_dir / "runs" / row.replace(":", "_") / f"seed{seed}"
             record = din_run(root, table, run_dir, args, seed, truth)
-            results[key] = {"row": row, "seed": seed, "fit_seconds": fit_seconds, **record,
+            results[key] = {"row": row, "seed": seed, "fit_seconds": fit_seconds, "fusion": fusion, **record,
                             "epochs_cap": args.epochs, "batch_size": args.batch_size}
             write_json(args.results_file, results)
             log(f"{row}, seed {seed}: valid AUC {record['valid_auc']:.4f}, test AUC {record['test_auc']:.4f}")
