@@ -123,7 +123,7 @@ def test_residual_shrinks_rare_items_and_stays_off_unseen_ones():
     never = np.flatnonzero(counts == 0)
     assert np.all(norms[never] == 0)
     # An item seen once adds at most 1 / (1 + residual_shrink) of its free vector.
-    assert head.net_.shrink[4].item() == pytest.approx(1 / 6)
+    assert head.net_.residual.shrink[4].item() == pytest.approx(1 / 6)
 
 
 def test_residual_ties_the_head_to_the_fit_rows(planted_fit):

@@ -47,28 +47,38 @@ logger = logging.getLogger(__name__)
 _CHUNK_ROWS = 8192
 
 
+class ShrunkResidual(nn.Module):
+    """A free vector per item, scaled by the item's ``shrink`` factor (count / (count + k)):
+    what behaviour says about an item beyond its content, small for rarely seen items."""
+
+    def __init__(self, shrink: np.ndarray, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(len(shrink), dim)
+        nn.init.zeros_(self.embedding.weight)
+        self.register_buffer("shrink", torch.as_tensor(shrink, dtype=torch.float32))
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.shrink[rows, None] * self.embedding(rows)
+
+    def vectors(self) -> np.ndarray:
+        """Each item's residual as added to the network's output: (items, dim)."""
+        with torch.no_grad():
+            return (self.shrink[:, None] * self.embedding.weight).cpu().numpy()
+
+
 class ContrastiveNet(nn.Module):
     """Concatenated blocks -> Linear -> GELU -> Linear (+ shrunk per-item residual) -> unit vectors."""
 
     def __init__(self, in_dims: list[int], hidden: int, dim: int, shrink: np.ndarray | None) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(sum(in_dims), hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.residual = None
-        if shrink is not None:
-            self.residual = nn.Embedding(len(shrink), dim)
-            nn.init.zeros_(self.residual.weight)
-            self.register_buffer("shrink", torch.as_tensor(shrink, dtype=torch.float32))
+        self.residual = None if shrink is None else ShrunkResidual(shrink, dim)
 
     def forward(self, blocks: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
         out = self.mlp(torch.cat(blocks, dim=1))
         if self.residual is not None:
-            out = out + self.shrink[rows, None] * self.residual(rows)
+            out = out + self.residual(rows)
         return nn.functional.normalize(out, dim=1)
-
-    def effective_residual(self) -> np.ndarray:
-        """Each item's residual as added to the network's output: (items, dim)."""
-        with torch.no_grad():
-            return (self.shrink[:, None] * self.residual.weight).cpu().numpy()
 
 
 @register_fusion("contrastive")
@@ -220,7 +230,7 @@ class ContrastiveFusion(FusionHead):
         self._check_fitted()
         if not self.residual:
             raise ValueError("contrastive: this head was fitted with residual=False")
-        return self.net_.effective_residual()
+        return self.net_.residual.vectors()
 
     # -- persistence ---------------------------------------------------------------------
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

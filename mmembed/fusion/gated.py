@@ -26,7 +26,7 @@ from torch import nn
 
 from mmembed.fusion import register_fusion
 from mmembed.fusion.base import FeatureBlock
-from mmembed.fusion.contrastive import ContrastiveFusion
+from mmembed.fusion.contrastive import ContrastiveFusion, ShrunkResidual
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +39,7 @@ class GatedNet(nn.Module):
         self.projections = nn.ModuleList(
             nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, dim)) for width in in_dims)
         self.gate = nn.Linear(sum(in_dims), len(in_dims))
-        self.residual = None
-        if shrink is not None:
-            self.residual = nn.Embedding(len(shrink), dim)
-            nn.init.zeros_(self.residual.weight)
-            self.register_buffer("shrink", torch.as_tensor(shrink, dtype=torch.float32))
+        self.residual = None if shrink is None else ShrunkResidual(shrink, dim)
 
     def gates(self, blocks: list[torch.Tensor]) -> torch.Tensor:
         """(rows, K) mixing weights; a block that is all zeros for a row gets weight 0
@@ -58,12 +54,8 @@ class GatedNet(nn.Module):
                                  for proj, b in zip(self.projections, blocks)], dim=1)  # (B, K, dim)
         out = (self.gates(blocks).unsqueeze(-1) * projected).sum(dim=1)
         if self.residual is not None:
-            out = out + self.shrink[rows, None] * self.residual(rows)
+            out = out + self.residual(rows)
         return nn.functional.normalize(out, dim=1)
-
-    def effective_residual(self) -> np.ndarray:
-        with torch.no_grad():
-            return (self.shrink[:, None] * self.residual.weight).cpu().numpy()
 
 
 @register_fusion("gated")
