@@ -104,6 +104,12 @@ class FusionHead(ABC):
             if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
         ]
 
+    def _store_params(self, arguments: Mapping[str, Any]) -> None:
+        """Keep every constructor argument as an attribute of the same name (heads call
+        ``self._store_params(locals())`` as their ``__init__``'s only line)."""
+        for name in self._param_names():
+            setattr(self, name, arguments[name])
+
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters, JSON-able."""
         return {name: getattr(self, name) for name in self._param_names()}

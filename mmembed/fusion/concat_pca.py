@@ -82,12 +82,7 @@ class ConcatPCA(BlockPCAHead):
         whiten: bool = False,
         normalize_output: bool = False,
     ) -> None:
-        self.dim = dim
-        self.normalize = normalize
-        self.standardize = standardize
-        self.weights = weights
-        self.whiten = whiten
-        self.normalize_output = normalize_output
+        self._store_params(locals())
 
     def _check_params(self) -> None:
         check_positive_int("concat_pca: dim", self.dim)

@@ -95,20 +95,7 @@ class ContrastiveFusion(FusionHead):
                  residual: bool = False, residual_shrink: float = 5.0, epochs: int = 10,
                  batch_size: int = 1024, learning_rate: float = 1e-3, weight_decay: float = 0.0,
                  patience: int = 2, holdout: float = 0.1, seed: int = 0, device: str | None = None) -> None:
-        self.dim = dim
-        self.hidden = hidden
-        self.window = window
-        self.temperature = temperature
-        self.residual = residual
-        self.residual_shrink = residual_shrink
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.patience = patience
-        self.holdout = holdout
-        self.seed = seed
-        self.device = device
+        self._store_params(locals())
 
     # -- checks --------------------------------------------------------------------------
     def _loop_options(self) -> LoopOptions:

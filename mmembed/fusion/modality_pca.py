@@ -98,13 +98,7 @@ class ModalityPCA(BlockPCAHead):
         whiten: bool = False,
         normalize_output: bool = False,
     ) -> None:
-        self.dim = dim
-        self.split = split
-        self.normalize = normalize
-        self.standardize = standardize
-        self.weights = weights
-        self.whiten = whiten
-        self.normalize_output = normalize_output
+        self._store_params(locals())
 
     # -- parameters --------------------------------------------------------------------
     def _check_params(self) -> None:

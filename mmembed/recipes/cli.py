@@ -17,13 +17,18 @@ REPORT_EXAMPLE = """example:
 """
 
 
+def _subcommand(sub: Any, common: argparse.ArgumentParser, name: str, summary: str, description: str,
+                example: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, parents=[common], help=summary, description=description, epilog=example,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_run_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``run`` and ``report`` on the ``mmembed`` subparsers."""
-    p = sub.add_parser("run", parents=[common], help="run a recipe: compare embedding strategies side by side",
-                       description="Run every (embedding, CTR model, seed) a recipe asks for, each step "
-                                   "cached, and write metrics, a summary and the report (report/index.html) "
-                                   "into the run folder.",
-                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _subcommand(sub, common, "run", "run a recipe: compare embedding strategies side by side",
+                    "Run every (embedding, CTR model, seed) a recipe asks for, each step cached, and "
+                    "write metrics, a summary and the report (report/index.html) into the run folder.",
+                    EXAMPLE)
     p.add_argument("recipe", help="a recipe YAML file (see recipes/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a recipe value, repeatable (e.g. seeds=[1,2], models.0.max_epochs=1)")
@@ -34,11 +39,10 @@ def add_run_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def add_report_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("report", parents=[common], help="write the HTML and Markdown report of a recipe run",
-                       description="Write RUN_DIR/report/index.html (figures and cover thumbnails as PNG "
-                                   "files beside it) and summary.md from what a recipe run saved; "
-                                   "`mmembed run` writes it at its end too.",
-                       epilog=REPORT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _subcommand(sub, common, "report", "write the HTML and Markdown report of a recipe run",
+                    "Write RUN_DIR/report/index.html (figures and cover thumbnails as PNG files beside "
+                    "it) and summary.md from what a recipe run saved; `mmembed run` writes it at its "
+                    "end too.", REPORT_EXAMPLE)
     p.add_argument("run_dir", help="a run folder written by `mmembed run`")
     p.add_argument("--out", help="report folder (default RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
