@@ -170,6 +170,7 @@ def test_bad_sequences_and_parameters_are_refused():
         ({"holdout": 1.0}, ValueError, "holdout must be a finite number >= 0.0 and < 1.0"),
         ({"residual": "yes"}, TypeError, "residual must be True or False"),
         ({"residual_shrink": -1.0}, ValueError, "residual_shrink must be a finite number >= 0"),
+        ({"logq_correction": 1.5}, ValueError, "logq_correction must be a finite number >= 0.0 and <= 1.0"),
         ({"learning_rate": 0.0}, ValueError, "learning_rate must be a finite number > 0"),
         ({"epochs": 0}, ValueError, "contrastive: epochs must be a positive integer"),
         ({"device": "gpu"}, ValueError, "device must be None, 'cpu' or 'cuda'"),

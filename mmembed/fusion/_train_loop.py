@@ -180,14 +180,17 @@ def count_log_q(counts: np.ndarray) -> np.ndarray:
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, positives: torch.Tensor,
              query_rows: torch.Tensor, key_rows: torch.Tensor, key_log_q: torch.Tensor | None,
              temperature: float) -> torch.Tensor:
-    """Per-query InfoNCE over in-batch keys with the sampling correction of sampled softmax.
+    """Per-query InfoNCE over in-batch keys, with an optional sampling correction.
 
-    logits[i, j] = queries[i] . keys[j] / temperature - log q(key j): every key of the
-    global batch is a sampled candidate, drawn with the frequency q of its item, so the
-    log-q correction (Jean et al. 2015; Yi et al. 2019) is applied to every column, the
-    positive's included; without it popular items, sampled often as negatives, would be
-    pushed away from everything. Keys that are the query's positive item again (another
-    pair of the same item) or the query's own item are masked out: they are no negatives.
+    logits[i, j] = queries[i] . keys[j] / temperature - key_log_q[j]. In-batch keys are
+    drawn with their items' frequency q, so popular items are negatives more often and
+    plain InfoNCE learns scores like the pointwise mutual information of query and key
+    (popularity divided out). Subtracting log q from every key's logit, the positive's
+    included (the logQ correction of sampled softmax: Jean et al. 2015; Yi et al. 2019),
+    makes the in-batch loss estimate the full softmax, whose scores are log p(key | query),
+    popularity included; a caller may pass a scaled log q for a partial correction, or
+    None for none. Keys that are the query's positive item again (another pair of the same
+    item) or the query's own item are masked out: they are no negatives.
     """
     logits = queries @ keys.T / temperature
     if key_log_q is not None:

@@ -91,10 +91,11 @@ class ContrastiveFusion(FusionHead):
     #: the network ``(in_dims, hidden, dim, shrink)``; subclasses (``gated``) swap it
     net_class: type = ContrastiveNet
 
-    def __init__(self, dim: int = 128, hidden: int = 256, window: int = 3, temperature: float = 0.1,
-                 residual: bool = False, residual_shrink: float = 5.0, epochs: int = 10,
-                 batch_size: int = 1024, learning_rate: float = 1e-3, weight_decay: float = 0.0,
-                 patience: int = 2, holdout: float = 0.1, seed: int = 0, device: str | None = None) -> None:
+    def __init__(self, dim: int = 128, hidden: int = 256, window: int = 32, temperature: float = 0.1,
+                 logq_correction: float = 0.0, residual: bool = False, residual_shrink: float = 5.0,
+                 epochs: int = 10, batch_size: int = 1024, learning_rate: float = 1e-3,
+                 weight_decay: float = 0.0, patience: int = 2, holdout: float = 0.1, seed: int = 0,
+                 device: str | None = None) -> None:
         self._store_params(locals())
 
     # -- checks --------------------------------------------------------------------------
@@ -111,6 +112,7 @@ class ContrastiveFusion(FusionHead):
         if not isinstance(self.residual, bool):
             raise TypeError(f"contrastive: residual must be True or False, got {self.residual!r}")
         _check_real("temperature", self.temperature, above=0.0)
+        _check_real("logq_correction", self.logq_correction, at_least=0.0, at_most=1.0)
         _check_real("residual_shrink", self.residual_shrink, at_least=0.0)
         _check_real("holdout", self.holdout, at_least=0.0, below=1.0)
 
@@ -154,8 +156,9 @@ class ContrastiveFusion(FusionHead):
         self.item_counts_ = item_counts(train_seqs, n_items)
         net = self._new_net([b.vectors.shape[1] for b in blocks], n_items)
         objective = functools.partial(info_nce, temperature=float(self.temperature))
+        log_q = count_log_q(self.item_counts_) * self.logq_correction if self.logq_correction else None
         result = train_pairs(net, self._inputs(blocks), sampler, held_pairs, objective, options,
-                             count_log_q(self.item_counts_), where="contrastive")
+                             log_q, where="contrastive")
         self.net_ = net
         self.n_items_ = n_items
         self.n_pairs_ = len(sampler)
@@ -197,7 +200,7 @@ class ContrastiveFusion(FusionHead):
                 rows = torch.arange(start, min(start + _CHUNK_ROWS, n_items))
                 chunk = [torch.as_tensor(x[start: start + _CHUNK_ROWS]) for x in inputs]
                 out[start: start + len(rows)] = self.net_(chunk, rows).numpy()
-        return out
+        return out * np.float32(math.sqrt(self.dim))
 
     def _fitted_order(self, blocks: list[FeatureBlock]) -> list[FeatureBlock]:
         """``blocks`` in the fit's encoder order; other encoders or widths are refused."""
@@ -257,15 +260,16 @@ class ContrastiveFusion(FusionHead):
 
 
 def _check_real(name: str, value: Any, above: float | None = None, at_least: float | None = None,
-                below: float | None = None) -> None:
+                below: float | None = None, at_most: float | None = None) -> None:
     """TypeError unless ``value`` is a real number; ValueError unless it is finite and in range."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"contrastive: {name} must be a number, got {type(value).__name__} {value!r}")
     ok = math.isfinite(value) and (above is None or value > above) and (
-        at_least is None or value >= at_least) and (below is None or value < below)
+        at_least is None or value >= at_least) and (below is None or value < below) and (
+        at_most is None or value <= at_most)
     if not ok:
-        span = " and ".join(f"{op} {bound}" for op, bound in ((">", above), (">=", at_least), ("<", below))
-                            if bound is not None)
+        bounds = ((">", above), (">=", at_least), ("<", below), ("<=", at_most))
+        span = " and ".join(f"{op} {bound}" for op, bound in bounds if bound is not None)
         raise ValueError(f"contrastive: {name} must be a finite number {span}, got {value!r}")
 
 
