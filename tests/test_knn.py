@@ -92,3 +92,22 @@ def test_history_proxy_auc_matches_a_hand_computation():
     assert history_proxy_auc(vectors, histories, targets, labels) == 1.0
     labels = np.array([1, 0, 1, 0])  # positives {0.707, 0}, negatives {0.707, 0}: ties -> 0.5
     assert history_proxy_auc(vectors, histories, targets, labels) == pytest.approx(0.5)
+
+
+def test_knn_command_prints_the_checks_beside_their_floor(tiny_root, tmp_path, capsys):
+    from mmembed.cli import main
+
+    assert main(["knn", str(tiny_root)]) == 0
+    out = capsys.readouterr().out
+    assert "600 items, top-10 cosine neighbours by exact (IndexFlatIP)" in out
+    for name in ("tag_overlap", "coclick_hit", "truth_overlap", "effective_rank", "history proxy AUC"):
+        assert name in out
+    assert "(random table" in out
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    short = tmp_path / "short.parquet"
+    pq.write_table(pa.table({"item_id": [0, 1], "item_tags": [[0] * 5, [1] * 5],
+                             "item_emb_d128": [[0.0] * 128, [1.0] * 128]}), short)
+    assert main(["knn", str(tiny_root), "--item-info", str(short)]) == 2
+    assert "--item-info" in capsys.readouterr().err
