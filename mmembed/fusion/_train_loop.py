@@ -266,8 +266,8 @@ class _Step:
         key_rows = torch.as_tensor(batch[:, 1], device=acc.device)
         offset = _share(len(batch), rank, processes).start
         if processes > 1:
-            sizes = tuple(len(range(*_share(len(batch), r, processes).indices(len(batch))))
-                          for r in range(processes))
+            bounds = [_share(len(batch), r, processes) for r in range(processes)]
+            sizes = tuple(b.stop - b.start for b in bounds)
             keys = _GatherRows.apply(keys, sizes, rank)
         positives = torch.arange(len(share), device=acc.device) + offset
         log_q = None if self.log_q is None else self.log_q[key_rows]
