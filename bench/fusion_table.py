@@ -41,8 +41,8 @@ DEFAULT_WORK = Path("runs") / "bench" / "fusion_table"
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "fusion_table.json"  # committed
 REFERENCE_ROWS = ("random", "provided", "oracle", "content_oracle")
 DEFAULT_ENCODERS = ("sbert", "pixels")
-HEAD_SPECS = {"contrastive_residual": {"name": "contrastive", "residual": True}}  # rows that are not head names
-DEFAULT_HEADS = ("concat_pca", "modality_pca", "gated", "contrastive", "contrastive_residual")
+HEAD_SPECS = {"contrastive_content": {"name": "contrastive", "residual": False}}  # rows that are not head names
+DEFAULT_HEADS = ("concat_pca", "modality_pca", "gated", "contrastive", "contrastive_content")
 
 
 def log(message: str) -> None:
