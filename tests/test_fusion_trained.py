@@ -29,8 +29,9 @@ FAST = {"dim": 8, "hidden": 32, "epochs": 6, "batch_size": 128, "patience": 6, "
 
 # -- planted data: items in clusters, histories within a cluster -----------------------------
 def _planted(seed: int = 0, noise: float = 1.2) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(features, histories, cluster of each item). Features are a noisy view of the
-    item's cluster factor plus nuisance dimensions; each history stays in one cluster."""
+    """(features, histories, cluster of each item). Both feature blocks are noisy views
+    of the item's cluster factor (noise about as strong as the signal); each history
+    stays within one cluster."""
     rng = np.random.default_rng(seed)
     cluster = np.repeat(np.arange(N_CLUSTERS), PER_CLUSTER)
     factors = rng.normal(size=(N_CLUSTERS, 6))

@@ -24,7 +24,9 @@ and a cold softmax chases the few sharp pairs); ``logq_correction`` (0..1, the w
 the sampled-softmax log-q term, see :func:`~mmembed.fusion._train_loop.info_nce`) is off:
 the full correction recovers popularity-laden scores and cost 0.03-0.08 of proxy AUC
 against plain in-batch negatives, which already divide popularity out; the residual is on
-(0.71 against 0.65 for content alone).
+(proxy 0.712 against 0.684 for content alone; under the fixed DIN, 4 epochs at batch
+2048, validation AUC 0.690 against 0.665, where a random table gives 0.586 and the
+oracle latent vectors 0.755).
 
 Because the network maps content to vectors, items absent from every history still get
 a vector. ``transform`` returns the unit vectors times sqrt(dim) (unit mean square per
