@@ -1,7 +1,7 @@
 """Neighbour checks of an item embedding table, with FAISS, and the history proxy AUC.
 
     from mmembed.knn import neighbours, neighbour_report, history_proxy_auc
-    found = neighbours(vectors, k=10)                 # cosine kNN, exact up to a size
+    found = neighbours(vectors, k=10)                 # cosine kNN, exact up to 20,000 items
     report = neighbour_report(vectors, tags=tags, histories=train_seq, truth=latent)
     history_proxy_auc(table, valid_seq, valid_targets, valid_labels)
 
@@ -9,9 +9,11 @@ Every function takes item vectors by *row* (row r = the r-th item); histories ho
 ids where id i is row i - 1 and 0 is padding, as the fusion heads' ``sequences`` do.
 
 Cosine neighbours use ``IndexFlatIP`` on L2-normalised vectors (exact) up to
-``exact_limit`` items and an inverted-file index beyond it, whose recall against exact
-search is measured on a sample of queries and reported. An item is never its own
-neighbour.
+``exact_limit`` items (20,000) and an inverted-file index beyond it, whose recall against
+exact search is measured on a sample of queries and reported. An item is never its own
+neighbour. A search can be limited to some query rows (``queries=``): every metric then
+averages over those rows; the random floor of :func:`neighbour_report` does so beyond
+``FLOOR_QUERIES`` items, since a random table's neighbours are the same everywhere.
 """
 from __future__ import annotations
 
@@ -26,19 +28,22 @@ logger = logging.getLogger(__name__)
 __all__ = ["Neighbours", "neighbours", "neighbour_report", "history_proxy_auc", "collapse_stats",
            "tag_overlap", "coclick_hit", "truth_overlap", "coclick_partners"]
 
-EXACT_LIMIT = 200_000
+EXACT_LIMIT = 20_000
 RECALL_QUERIES = 2_000
+FLOOR_QUERIES = 5_000
 
 
 @dataclass
 class Neighbours:
-    """Top-k cosine neighbours: ``index`` (N, k) rows, ``score`` (N, k) cosines, best first."""
+    """Top-k cosine neighbours of the query rows ``rows`` (all rows when None): ``index``
+    (Q, k) rows, ``score`` (Q, k) cosines, best first."""
 
     index: np.ndarray
     score: np.ndarray
     method: str
     seconds: float
     recall: float | None = None  # of an approximate search against exact, on a sample
+    rows: np.ndarray | None = None
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -48,8 +53,9 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 def neighbours(vectors: np.ndarray, k: int = 10, exact_limit: int = EXACT_LIMIT,
-               seed: int = 0) -> Neighbours:
-    """Cosine kNN of every row among the others (self excluded)."""
+               seed: int = 0, queries: np.ndarray | None = None) -> Neighbours:
+    """Cosine kNN of every row (or of the rows ``queries``, searched exactly) among all
+    the others, self excluded."""
     import faiss
 
     vectors = np.asarray(vectors)
@@ -61,15 +67,19 @@ def neighbours(vectors: np.ndarray, k: int = 10, exact_limit: int = EXACT_LIMIT,
     started = time.perf_counter()
     exact = faiss.IndexFlatIP(x.shape[1])
     exact.add(x)
-    if len(x) <= exact_limit:
+    if queries is not None:
+        queries = np.asarray(queries, dtype=np.int64)
+        score, index = exact.search(x[queries], k + 1)
+        method, recall = f"exact (IndexFlatIP) for {len(queries):,} sampled queries", None
+    elif len(x) <= exact_limit:
         score, index = exact.search(x, k + 1)
         method, recall = "exact (IndexFlatIP)", None
     else:
         approx, method = _approximate_index(x, seed)
         score, index = approx.search(x, k + 1)
         recall = _recall(exact, x, index, k, seed)
-    index, score = _drop_self(index, score, k)
-    return Neighbours(index, score, method, time.perf_counter() - started, recall)
+    index, score = _drop_self(index, score, k, rows=queries)
+    return Neighbours(index, score, method, time.perf_counter() - started, recall, queries)
 
 
 def _approximate_index(x: np.ndarray, seed: int):
@@ -108,12 +118,17 @@ def _drop_self(index: np.ndarray, score: np.ndarray, k: int,
 # --------------------------------------------------------------------------- metrics
 
 
-def tag_overlap(index: np.ndarray, tags: np.ndarray) -> float:
+def _query_rows(index: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return np.arange(len(index)) if rows is None else np.asarray(rows, dtype=np.int64)
+
+
+def tag_overlap(index: np.ndarray, tags: np.ndarray, rows: np.ndarray | None = None) -> float:
     """Share of (item, neighbour) pairs that have at least one non-zero tag in common,
-    over items with at least one tag."""
+    over query items (``rows``; default all) with at least one tag."""
     tags = np.asarray(tags)
-    has = (tags != 0).any(axis=1)
-    q = tags[:, None, :, None]  # (N, 1, T, 1)
+    rows = _query_rows(index, rows)
+    has = (tags[rows] != 0).any(axis=1)
+    q = tags[rows][:, None, :, None]  # (Q, 1, T, 1)
     n = tags[index][:, :, None, :]  # (N, k, 1, T)
     shared = ((q == n) & (q != 0)).any(axis=(2, 3))  # (N, k)
     return float(shared[has].mean()) if has.any() else float("nan")
@@ -123,36 +138,46 @@ def coclick_partners(histories: np.ndarray, window: int = 1) -> np.ndarray:
     """(P, 2) unique row pairs (both directions) of distinct items that stand within
     ``window`` positions of each other in some history."""
     seq = np.asarray(histories, dtype=np.int64)
-    pairs = []
+    n = int(seq.max(initial=0))
+    codes = []  # pair (a, b) of rows as a * n + b: a 1-D unique is far faster than a row-wise one
     for shift in range(1, window + 1):
         a, b = seq[:, :-shift].ravel(), seq[:, shift:].ravel()
         real = (a > 0) & (b > 0) & (a != b)
-        pairs += [np.stack([a[real] - 1, b[real] - 1], axis=1), np.stack([b[real] - 1, a[real] - 1], axis=1)]
-    return np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), np.int64)
+        a, b = a[real] - 1, b[real] - 1
+        codes += [a * n + b, b * n + a]
+    if not codes:
+        return np.zeros((0, 2), np.int64)
+    unique = np.unique(np.concatenate(codes))
+    return np.stack([unique // max(n, 1), unique % max(n, 1)], axis=1)
 
 
-def _pair_codes(index: np.ndarray) -> np.ndarray:
-    """Each (row, neighbour) of ``index`` as one sorted integer code row * N + neighbour."""
-    n = len(index)
-    return np.sort((np.arange(n)[:, None] * n + index).ravel())
+def _pair_codes(index: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """Each (row, neighbour) of ``index`` as one sorted integer code row * n + neighbour."""
+    return np.sort((rows[:, None] * n + index).ravel())
 
 
-def coclick_hit(index: np.ndarray, partners: np.ndarray) -> float:
-    """Share of items with co-click partners that have one among their neighbours."""
+def coclick_hit(index: np.ndarray, partners: np.ndarray, rows: np.ndarray | None = None,
+                n_items: int | None = None) -> float:
+    """Share of query items (``rows`` of ``n_items``; default all) with co-click partners
+    that have one among their neighbours."""
+    rows = _query_rows(index, rows)
+    n = len(index) if n_items is None else n_items
+    partners = partners[np.isin(partners[:, 0], rows)] if len(partners) else partners
     if not len(partners):
         return float("nan")
-    found = np.isin(partners[:, 0] * len(index) + partners[:, 1], _pair_codes(index),
-                    assume_unique=False)
-    hit = np.zeros(len(index), dtype=bool)
+    found = np.isin(partners[:, 0] * n + partners[:, 1], _pair_codes(index, rows, n))
+    hit = np.zeros(n, dtype=bool)
     np.logical_or.at(hit, partners[:, 0], found)
     return float(hit[np.unique(partners[:, 0])].mean())
 
 
-def truth_overlap(index: np.ndarray, truth_index: np.ndarray) -> float:
-    """Mean share of each item's neighbours that are also its neighbours under the truth."""
-    n, k = index.shape
-    codes = (np.arange(n)[:, None] * n + index).ravel()
-    return float(np.isin(codes, _pair_codes(truth_index)).sum() / (n * k))
+def truth_overlap(index: np.ndarray, truth_index: np.ndarray, rows: np.ndarray | None = None) -> float:
+    """Mean share of each query item's neighbours (``rows``; default all) that are also
+    its neighbours under the truth (``truth_index``: all N items)."""
+    rows = _query_rows(index, rows)
+    n = len(truth_index)
+    codes = (rows[:, None] * n + index).ravel()
+    return float(np.isin(codes, _pair_codes(truth_index[rows], rows, n)).sum() / index.size)
 
 
 def collapse_stats(vectors: np.ndarray, found: Neighbours, duplicate_cosine: float = 0.99) -> dict:
@@ -188,16 +213,19 @@ def neighbour_report(vectors: np.ndarray, tags: np.ndarray | None = None,
         out = {"k": k, "method": found.method, "seconds": found.seconds, "recall": found.recall,
                **collapse_stats(table, found)}
         if tags is not None:
-            out["tag_overlap"] = tag_overlap(found.index, tags)
+            out["tag_overlap"] = tag_overlap(found.index, tags, found.rows)
         if partners is not None:
-            out["coclick_hit"] = coclick_hit(found.index, partners)
+            out["coclick_hit"] = coclick_hit(found.index, partners, found.rows, len(table))
         if truth_index is not None:
-            out["truth_overlap"] = truth_overlap(found.index, truth_index)
+            out["truth_overlap"] = truth_overlap(found.index, truth_index, found.rows)
         return out
 
     found = neighbours(vectors, k, seed=seed)
-    random_table = np.random.default_rng(seed).standard_normal(np.shape(vectors)).astype(np.float32)
-    floor = metrics(neighbours(random_table, k, seed=seed), random_table)
+    rng = np.random.default_rng(seed)
+    random_table = rng.standard_normal(np.shape(vectors)).astype(np.float32)
+    sample = (None if len(random_table) <= FLOOR_QUERIES
+              else np.sort(rng.choice(len(random_table), FLOOR_QUERIES, replace=False)))
+    floor = metrics(neighbours(random_table, k, queries=sample), random_table)
     return NeighbourReport(metrics(found, vectors), floor, found)
 
 

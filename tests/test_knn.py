@@ -36,6 +36,38 @@ def test_approximate_search_reports_its_recall_against_exact():
     assert (cluster[found.index] == cluster[:, None]).mean() > 0.95
 
 
+def test_sampled_queries_equal_the_full_search_on_those_rows():
+    vectors, cluster = _clusters()
+    full = neighbours(vectors, k=9)
+    rows = np.array([3, 50, 51, 199])
+    some = neighbours(vectors, k=9, queries=rows)
+    assert some.index.shape == (4, 9) and some.rows.tolist() == rows.tolist()
+    assert (np.sort(some.index, axis=1) == np.sort(full.index[rows], axis=1)).all()
+    tags = np.stack([cluster + 1, np.zeros_like(cluster)], axis=1)
+    tags[rows[0]] = 0  # an item without tags is left out of tag overlap
+    assert tag_overlap(some.index, tags, rows) == 1.0
+    wrong = (some.index + 10) % 200  # a cluster over: no shared tags, no truth overlap
+    assert tag_overlap(wrong, tags, rows) == 0.0
+    assert truth_overlap(some.index, full.index, rows) == 1.0
+    assert truth_overlap(wrong, full.index, rows) == 0.0
+    partners = np.array([[3, int(some.index[0, 0])], [50, 199], [7, 8]])  # item 7 is not a query
+    assert coclick_hit(some.index, partners, rows, 200) == pytest.approx(1 / 2)
+
+
+def test_random_floor_beyond_the_sample_size_averages_over_sampled_queries(monkeypatch):
+    import mmembed.knn as knn
+
+    vectors, cluster = _clusters()
+    tags = np.stack([cluster + 1, np.zeros_like(cluster)], axis=1)
+    whole = neighbour_report(vectors, tags=tags, truth=vectors, k=9)
+    monkeypatch.setattr(knn, "FLOOR_QUERIES", 60)
+    sampled = neighbour_report(vectors, tags=tags, truth=vectors, k=9)
+    assert "60 sampled queries" in sampled.floor["method"] and "sampled" not in sampled.metrics["method"]
+    assert sampled.metrics == {**whole.metrics, "seconds": sampled.metrics["seconds"]}
+    for name in ("tag_overlap", "truth_overlap"):  # chance level either way: about 9/199
+        assert sampled.floor[name] < 0.2 and whole.floor[name] < 0.2
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match=r"k must be in 1\.\.2 for 3 items, got 3"):
         neighbours(np.eye(3), k=3)

@@ -83,7 +83,7 @@ KNN_EXAMPLE = """example:
 def add_knn_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = _subcommand(sub, common, "knn", "neighbour checks and the history proxy AUC of an embedding table",
                     "Cosine top-k neighbours of every item with FAISS (exact, or approximate with its "
-                    "recall beyond 200,000 items): tag overlap, co-click hit (train histories), overlap "
+                    "recall beyond 20,000 items): tag overlap, co-click hit (train histories), overlap "
                     "with the true neighbours (synthetic data), collapse diagnostics, each beside a "
                     "random table's floor, and the history proxy AUC on the validation rows.", KNN_EXAMPLE)
     p.add_argument("data_dir", help="dataset root (holding MicroLens_1M_x1/) or that folder itself")
