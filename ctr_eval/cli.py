@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ctr_eval.checks import positive_int_arg
+from ctr_eval.logs import configure_cli_logging
 from ctr_eval.submission import TASK_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -187,8 +188,8 @@ def _predict(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     # Under `accelerate launch`, only rank 0 logs progress.
-    level = logging.WARNING if args.quiet or int(os.environ.get("RANK", "0")) != 0 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_cli_logging(logging.WARNING if args.quiet or int(os.environ.get("RANK", "0")) != 0
+                          else logging.INFO)
     try:
         if args.command == "models":
             from ctr_eval.models import list_models

@@ -134,17 +134,37 @@ def test_verbose_adds_the_traceback(tmp_path, capsys, where):
     assert err.strip().splitlines()[-1].startswith("mmembed synth: error: --out")
 
 
-def test_demo_names_workdir_for_a_run_folder_holding_another_run(tmp_path, capsys, monkeypatch):
+def test_demo_runs_the_shipped_recipe_with_quick_and_set_overrides(tmp_path, capsys, monkeypatch):
+    import mmembed.recipes.cli as recipes_cli
+
+    ran = {}
+
+    def fake_run(recipe, run_dir, cache_dir=None, progress=True):
+        ran.update(recipe=recipe, run_dir=run_dir, progress=progress)
+        return []
+
+    monkeypatch.setattr(recipes_cli, "run_and_report", fake_run)
+    assert main(["-q", "demo", "--quick", "--out", str(tmp_path / "d"), "--set", "seeds=[2]"]) == 0
+    recipe = ran["recipe"]
+    assert recipe.name == "demo" and recipe.data.synthetic == "tiny" and recipe.seeds == (2,)
+    assert recipe.models[0].max_epochs == 1 and ran["run_dir"] == tmp_path / "d-quick"
+    assert ran["progress"] is False and "demo finished in" in capsys.readouterr().out
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 0
+    assert ran["recipe"].data.synthetic == "small" and ran["run_dir"] == tmp_path / "d"
+    names = [e.name for e in ran["recipe"].embeddings]
+    assert {"provided", "random", "oracle", "concat_pca", "contrastive"} <= set(names)
+
+
+def test_demo_without_its_recipe_file_says_what_to_run(tmp_path, capsys, monkeypatch):
     import mmembed.demo
 
-    def refuse(*args, **kwargs):
-        raise ValueError("run dir X/din-runs/provided holds a different run (config_hash 'a', this "
-                         "run has 'b'); pass a new run_dir to start fresh")
-
-    monkeypatch.setattr(mmembed.demo, "run_demo", refuse)
-    assert main(["-q", "demo", "--workdir", str(tmp_path)]) == 2
+    monkeypatch.setattr(mmembed.demo, "DEMO_RECIPE", tmp_path / "recipes" / "demo.yaml")
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 2
     line = error_line(capsys, "demo")
-    assert "delete that folder or pass another --workdir" in line and "run_dir" not in line
+    assert "demo.yaml is not here" in line and "mmembed run PATH/TO/demo.yaml" in line
+    monkeypatch.undo()
+    assert main(["demo", "--out", str(tmp_path / "d"), "--set", "nonsense=1"]) == 2  # before any work
+    assert "nonsense" in error_line(capsys, "demo") and not (tmp_path / "d").exists()
 
 
 def _small_item_info(path):

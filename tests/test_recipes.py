@@ -210,3 +210,22 @@ def test_every_shipped_recipe_parses_and_names_registered_plugins():
         for embedding in recipe.embeddings:
             if embedding.fusion:
                 assert embedding.fusion["name"] in list_fusions(), (path, embedding)
+
+
+@pytest.mark.slow
+def test_the_demo_recipe_runs_on_small_and_leaves_its_table_and_report(tmp_path, capsys):
+    """What `bash run.sh demo` does (about 10 minutes on 2 CPU cores)."""
+    from mmembed.cli import main
+    from mmembed.demo import DEMO_RECIPE
+
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "demo"
+    records = json.loads((run / "metrics.json").read_text())
+    wanted = [e.name for e in load_recipe(DEMO_RECIPE).embeddings]
+    assert [r["embedding"] for r in records] == wanted
+    auc = {r["embedding"]: r["valid_auc"] for r in records}
+    assert auc["oracle"] > auc["random"] + 0.05  # the judge separates the references
+    assert (run / "report" / "index.html").is_file() and "report:" in out and "demo finished in" in out
+    for name in wanted:
+        assert name in out

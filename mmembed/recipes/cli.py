@@ -51,20 +51,28 @@ def add_report_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mmembed.recipes import load_recipe, run_recipe
-    from mmembed.recipes.report import write_report
-    from mmembed.recipes.results import format_summary
+    from mmembed.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / recipe.name
+    run_and_report(recipe, run_dir, cache_dir=args.cache_dir, progress=not args.quiet)
+    return 0
+
+
+def run_and_report(recipe: Any, run_dir: Path, cache_dir: str | None = None, progress: bool = True) -> list[dict]:
+    """Run a recipe, print its table, write the report; the records."""
+    from mmembed.recipes import run_recipe
+    from mmembed.recipes.report import write_report
+    from mmembed.recipes.results import format_summary
+
     print(f"recipe {recipe.name}: {len(recipe.embeddings)} embedding(s) x {len(recipe.models)} model(s) "
           f"x {len(recipe.seeds)} seed(s) -> {run_dir}")
-    records = run_recipe(recipe, run_dir, cache_dir=args.cache_dir, progress=not args.quiet)
+    records = run_recipe(recipe, run_dir, cache_dir=cache_dir, progress=progress)
     print()
     print(format_summary(records))
     print(f"\nresults: {run_dir / 'summary.md'}, {run_dir / 'metrics.csv'}")
     print(f"report: {write_report(run_dir)}")
-    return 0
+    return records
 
 
 def cmd_report(args: argparse.Namespace) -> int:
