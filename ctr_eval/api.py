@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ctr_eval._runtime import RunOptions, make_accelerator, predict_probs, wants_cpu
+from ctr_eval.checks import check_positive_int
 from ctr_eval.config import config_hash, config_to_dict, resolve_config
 from ctr_eval.data import ItemTable, check_ids, load_item_table, load_split
 from ctr_eval.format import write_json
@@ -54,6 +55,7 @@ def evaluate(
     progress: bool = True,
     eval_batch_size: int | None = None,
     num_threads: int | None = None,
+    train_rows: int | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train ``model`` on the dataset's train split and score it on the valid split.
@@ -68,8 +70,10 @@ def evaluate(
     result's ``run_dir`` is then None: pass a folder to keep the model for ``predict``). ``max_epochs`` caps ``config.epochs`` and is
     recorded. ``device`` None/"cpu"/"cuda"; ``mixed_precision`` "no"/"bf16"/"fp16"
     (autocast, for GPUs; bf16 also runs on CPU); ``num_threads``: torch CPU threads
-    (default: cores / processes). All inputs are checked
-    before anything is trained or written.
+    (default: cores / processes). ``train_rows``: train on that many train rows drawn at
+    random (seed 0; the same rows for every table and seed) instead of all, for quick
+    comparisons such as the demo; recorded in the result and the run dir. All inputs are
+    checked before anything is trained or written.
 
     Returns a dict with valid_auc, valid_logloss (best epoch), best_epoch, epochs_run,
     history, config, config_hash, train_samples_per_s, embedding_source, run_dir, ...
@@ -78,6 +82,7 @@ def evaluate(
     options = RunOptions(max_epochs=max_epochs, device=device, mixed_precision=mixed_precision,
                          progress=progress, eval_batch_size=eval_batch_size, num_threads=num_threads)
     options.check()
+    check_positive_int("train_rows", train_rows, allow_none=True)
     cfg = resolve_config(model, task1=task1, **overrides)
     task1 = (model == "din") if task1 is None else bool(task1)
     table = load_item_table(data_dir, item_info)
@@ -89,6 +94,9 @@ def evaluate(
             raise ValueError(f"{data_dir}: the {name} split has no label column; training needs labels")
         check_ids(split, table, num_levels=cfg.num_levels)
     meta = {"task1": task1, "embedding_source": source, "data_dir": str(Path(data_dir).resolve())}
+    if train_rows is not None:
+        meta["train_rows"] = f"{min(train_rows, len(train))} of {len(train)} (random, seed 0)"
+        train = train.subset(train_rows)
     if run_dir is not None:
         return Trainer(cfg, table, train, valid, run_dir, options, meta).fit()
     with _shared_temp_dir(f"ctr_eval_{model}_", options) as temp_dir:

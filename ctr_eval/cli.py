@@ -1,7 +1,7 @@
 """``ctr-eval``: train/validate a CTR model on challenge files, and write a submission.
 
     ctr-eval train --data DIR [--model din] [--item-info PATH] [--set key=value ...]
-                   [--task1/--no-task1] [--max-epochs N] [--run-dir R]
+                   [--task1/--no-task1] [--max-epochs N] [--train-rows N] [--run-dir R]
     ctr-eval predict --run-dir R --data DIR [--task Task1] [--out DIR]
     ctr-eval models
 
@@ -80,6 +80,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="Task 1 mode: the fixed DIN (default for din)")
     train.add_argument("--no-task1", dest="task1", action="store_false", help="free configuration")
     train.add_argument("--max-epochs", type=positive_int_arg, default=None, help="cap on the config's epochs")
+    train.add_argument("--train-rows", type=positive_int_arg, default=None,
+                       help="train on N train rows drawn at random (seed 0) instead of all: quick comparisons")
     train.add_argument("--run-dir", default=None,
                        help="run folder (default ctr_eval_runs/<model>-<hash>-<data>); resumed if present")
     train.add_argument("--device", choices=["cpu", "cuda"], default=None)
@@ -138,6 +140,7 @@ _FLAGS = {
     r"\brun_dir\b": "--run-dir",
     r"\bitem_info=": "--item-info ",
     r"\bmax_epochs\b": "--max-epochs",
+    r"\btrain_rows\b": "--train-rows",
     r"\bnum_threads\b": "--threads",
     r"\bmixed_precision\b": "--mixed-precision",
     r"\bdata_dir\b": "--data",
@@ -167,8 +170,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.model, task1=args.task1, **overrides)  # refuse bad keys first
     run_dir = args.run_dir or default_run_dir(args.model, config_hash(cfg), args.data, args.item_info)
     result = evaluate(args.data, item_info=args.item_info, model=args.model, task1=args.task1,
-                      run_dir=run_dir, max_epochs=args.max_epochs, device=args.device,
-                      mixed_precision=args.mixed_precision, progress=not args.no_progress,
+                      run_dir=run_dir, max_epochs=args.max_epochs, train_rows=args.train_rows,
+                      device=args.device, mixed_precision=args.mixed_precision, progress=not args.no_progress,
                       num_threads=args.threads, **overrides)
     if _is_main_process():
         print(json.dumps(result, indent=2) if args.json else format_result(result))

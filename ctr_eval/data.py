@@ -6,6 +6,7 @@ batch by batch, so the full 3.6M-row train split never exists as a 100-wide int6
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -126,6 +127,18 @@ class CTRSplit:
 
     def __len__(self) -> int:
         return int(self.item_id.shape[0])
+
+    def subset(self, rows: int, seed: int = 0) -> "CTRSplit":
+        """``rows`` rows drawn at random without replacement (numpy's default_rng(seed)),
+        kept in file order: the same rows for every table and training seed."""
+        check_positive_int("train_rows", rows)
+        if rows >= len(self):
+            return self
+        keep = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(self), rows, replace=False)))
+        return dataclasses.replace(
+            self, item_id=self.item_id[keep], likes_level=self.likes_level[keep],
+            views_level=self.views_level[keep], item_seq=self.item_seq[keep],
+            label=None if self.label is None else self.label[keep])
 
     @property
     def max_len(self) -> int:

@@ -175,7 +175,8 @@ class Trainer:
 
             old = json.loads(run_file.read_text(encoding="utf-8"))
             for key, now in (("model", self.model_name), ("config_hash", self.config_hash),
-                             ("item_table_fingerprint", self.fingerprint)):
+                             ("item_table_fingerprint", self.fingerprint),
+                             ("train_rows", self.meta.get("train_rows"))):
                 if old.get(key) != now:
                     raise ValueError(
                         f"run dir {self.run_dir} holds a different run ({key} {old.get(key)!r}, "

@@ -150,6 +150,26 @@ def test_a_different_embedding_in_the_same_run_dir_is_refused(tiny_root, tmp_pat
         small_eval(tiny_root, tmp_path / "run", item_info=oracle_table(tiny_root), max_epochs=1)
 
 
+def test_train_rows_trains_on_a_fixed_random_subset(tiny_root, tmp_path):
+    from ctr_eval.data import load_split
+
+    split = load_split(tiny_root, "train")
+    sub = split.subset(300)
+    again = split.subset(300)
+    assert len(sub) == 300 and torch.equal(sub.item_seq, again.item_seq) and torch.equal(sub.label, again.label)
+    # rows of the file, in file order, not the first 300
+    assert not torch.equal(sub.item_id, split.item_id[:300])
+    assert split.subset(len(split) + 5) is split
+    result = small_eval(tiny_root, tmp_path / "run", max_epochs=1, train_rows=300)
+    assert result["n_train"] == 300 and result["train_rows"] == f"300 of {len(split)} (random, seed 0)"
+    assert result["history"][0]["train_samples"] == 300
+    with pytest.raises(ValueError, match="holds a different run \\(train_rows"):
+        small_eval(tiny_root, tmp_path / "run", max_epochs=1, train_rows=200)
+    with pytest.raises(ValueError, match="train_rows must be"):
+        small_eval(tiny_root, tmp_path / "other", train_rows=0)
+    assert not (tmp_path / "other").exists()
+
+
 def test_predict_writes_test_scores_in_test_order(tiny_root, tmp_path):
     result = small_eval(tiny_root, tmp_path / "run", max_epochs=1)
     zip_path = ctr_eval.predict(result["run_dir"], tiny_root, task="Task2", progress=False)

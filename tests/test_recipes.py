@@ -187,6 +187,22 @@ def test_a_killed_run_resumes_to_the_same_table(tiny_root, tmp_path, monkeypatch
     assert [r["valid_auc"] for r in resumed] == [r["valid_auc"] for r in straight]
 
 
+def test_changed_model_settings_retrain_instead_of_refusing_the_old_run(tiny_root, tmp_path, monkeypatch):
+    calls = _counting(monkeypatch)
+    path = _recipe_file(tmp_path, tiny_root)
+    quiet = {"cache_dir": tmp_path / "cache", "progress": False, "say": lambda _: None}
+    first = run_recipe(load_recipe(path, ["embeddings=[random]"]), tmp_path / "run", **quiet)
+    subset = load_recipe(path, ["embeddings=[random]", "models.0.train_rows=300"])
+    assert subset.models[0].train_rows == 300
+    second = run_recipe(subset, tmp_path / "run", **quiet)
+    assert calls["judge"] == 2 and second[0]["valid_auc"] != first[0]["valid_auc"]
+    result = json.loads((tmp_path / "run" / "ctr" / "din" / "random" / "seed1" / "result.json").read_text())
+    assert result["n_train"] == 300
+    assert run_recipe(subset, tmp_path / "run", **quiet) == second and calls["judge"] == 2
+    with pytest.raises(RecipeError, match=r"models\[0\]\.train_rows must be a positive integer, got 0"):
+        load_recipe(path, ["models.0.train_rows=0"])
+
+
 def test_task1_models_refuse_settings_beyond_the_tunables(tiny_root, tmp_path):
     recipe = load_recipe(_recipe_file(tmp_path, tiny_root), ["models.0.task1=true", "embeddings=[provided]"])
     with pytest.raises(ValueError, match=r"runs in Task 1 mode, where only .* may be set; got \['attention_hidden_units'"):

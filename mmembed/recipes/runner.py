@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -146,7 +147,8 @@ def judge(root: Path, table: np.ndarray | None, model: ModelSpec, seed: int, run
                              f"{', '.join(sorted(TASK1_TUNABLE))} may be set; got {locked} "
                              "(set task1: false for a free configuration)")
     return ctr_eval.evaluate(root, item_info=table, model=model.name, task1=False if task1 else model.task1,
-                             run_dir=run_dir, max_epochs=model.max_epochs, progress=progress,
+                             run_dir=run_dir, max_epochs=model.max_epochs, train_rows=model.train_rows,
+                             progress=progress,
                              **{**settings, "seed": seed})
 
 
@@ -162,6 +164,7 @@ def run_model(ctx: RunContext, model: ModelSpec, spec: EmbeddingSpec, seed: int,
         saved = json.loads(done.read_text())
         if saved.get("key") == key:
             return saved["metrics"]
+    _claim(run_dir, key)
     ctx.say(f"  {model.label} on {spec.name}, seed {seed}: training")
     result = judge(ctx.root, table, model, seed, run_dir, progress=ctx.progress)
     metrics = {"valid_auc": result["valid_auc"], "valid_logloss": result["valid_logloss"],
@@ -171,6 +174,16 @@ def run_model(ctx: RunContext, model: ModelSpec, spec: EmbeddingSpec, seed: int,
                **score_run(run_dir, ctx.root, truth)}
     write_json(done, {"key": key, "metrics": metrics})
     return metrics
+
+
+def _claim(run_dir: Path, key: str) -> None:
+    """Make ``run_dir`` this key's: a folder left by other settings (a changed recipe) is
+    emptied; one of the same key (a killed run) is kept, so the CTR run resumes."""
+    marker = run_dir / "recipe_key.txt"
+    if run_dir.exists() and (not marker.is_file() or marker.read_text().strip() != key):
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key + "\n")
 
 
 # --------------------------------------------------------------------------- the run

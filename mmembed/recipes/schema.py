@@ -45,7 +45,7 @@ _TOP_KEYS = ("name", "description", "extends", "data", "seeds", "encoders", "emb
              "models", "checks")
 _DATA_KEYS = ("path", "synthetic", "seed")
 _EMBEDDING_KEYS = ("name", "encoders", "fusion", "dim")
-_MODEL_KEYS = ("name", "task1", "settings", "max_epochs")
+_MODEL_KEYS = ("name", "task1", "settings", "max_epochs", "train_rows")
 
 
 class RecipeError(ValueError):
@@ -87,6 +87,7 @@ class ModelSpec:
     task1: bool | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
     max_epochs: int | None = None
+    train_rows: int | None = None  # train on that many random train rows (all when None)
 
     @property
     def label(self) -> str:
@@ -116,7 +117,7 @@ class Recipe:
                             **({"fusion": dict(e.fusion)} if e.fusion else {}), "dim": e.dim}
                            for e in self.embeddings],
             "models": [{"name": m.name, "task1": m.task1, "settings": dict(m.settings),
-                        "max_epochs": m.max_epochs} for m in self.models],
+                        "max_epochs": m.max_epochs, "train_rows": m.train_rows} for m in self.models],
             "checks": list(self.checks),
         }
 
@@ -344,11 +345,12 @@ def _model(raw: Any, index: int, source: str) -> ModelSpec:
     settings = raw.get("settings") or {}
     if not isinstance(settings, Mapping):
         raise RecipeError(f"{where}.settings must map config keys to values, got {settings!r}")
-    max_epochs = raw.get("max_epochs")
-    if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1):
-        raise RecipeError(f"{where}.max_epochs must be a positive integer, got {max_epochs!r}")
+    for key in ("max_epochs", "train_rows"):
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise RecipeError(f"{where}.{key} must be a positive integer, got {value!r}")
     task1 = raw.get("task1")
     if task1 is not None and not isinstance(task1, bool):
         raise RecipeError(f"{where}.task1 must be true or false, got {task1!r}")
     return ModelSpec(name=_name(raw.get("name", "din"), f"{where}.name"), task1=task1,
-                     settings=dict(settings), max_epochs=max_epochs)
+                     settings=dict(settings), max_epochs=raw.get("max_epochs"), train_rows=raw.get("train_rows"))
