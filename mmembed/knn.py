@@ -12,8 +12,8 @@ Cosine neighbours use ``IndexFlatIP`` on L2-normalised vectors (exact) up to
 ``exact_limit`` items (20,000) and an inverted-file index beyond it, whose recall against
 exact search is measured on a sample of queries and reported. An item is never its own
 neighbour. A search can be limited to some query rows (``queries=``): every metric then
-averages over those rows; the random floor of :func:`neighbour_report` does so beyond
-``FLOOR_QUERIES`` items, since a random table's neighbours are the same everywhere.
+averages over those rows. Beyond ``exact_limit`` items, :func:`neighbour_report` searches
+the random floor and the truth's neighbours exactly for ``SAMPLED_QUERIES`` sampled items.
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ["Neighbours", "neighbours", "neighbour_report", "history_proxy_auc", "collapse_stats",
-           "tag_overlap", "coclick_hit", "truth_overlap", "coclick_partners"]
+           "tag_overlap", "coclick_hit", "truth_overlap"]
 
 EXACT_LIMIT = 20_000
 RECALL_QUERIES = 2_000
-FLOOR_QUERIES = 5_000
+SAMPLED_QUERIES = 5_000
 
 
 @dataclass
@@ -52,10 +52,10 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def neighbours(vectors: np.ndarray, k: int = 10, exact_limit: int = EXACT_LIMIT,
+def neighbours(vectors: np.ndarray, k: int = 10, exact_limit: int | None = None,
                seed: int = 0, queries: np.ndarray | None = None) -> Neighbours:
     """Cosine kNN of every row (or of the rows ``queries``, searched exactly) among all
-    the others, self excluded."""
+    the others, self excluded; exact up to ``exact_limit`` rows (default EXACT_LIMIT)."""
     import faiss
 
     vectors = np.asarray(vectors)
@@ -71,7 +71,7 @@ def neighbours(vectors: np.ndarray, k: int = 10, exact_limit: int = EXACT_LIMIT,
         queries = np.asarray(queries, dtype=np.int64)
         score, index = exact.search(x[queries], k + 1)
         method, recall = f"exact (IndexFlatIP) for {len(queries):,} sampled queries", None
-    elif len(x) <= exact_limit:
+    elif len(x) <= (EXACT_LIMIT if exact_limit is None else exact_limit):
         score, index = exact.search(x, k + 1)
         method, recall = "exact (IndexFlatIP)", None
     else:
@@ -88,10 +88,11 @@ def _approximate_index(x: np.ndarray, seed: int):
     lists = int(4 * np.sqrt(len(x)))
     quantizer = faiss.IndexFlatIP(x.shape[1])
     index = faiss.IndexIVFFlat(quantizer, x.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10  # k-means iterations for the lists (FAISS's default 25 buys little recall)
     sample = np.random.default_rng(seed).choice(len(x), size=min(len(x), 50 * lists), replace=False)
     index.train(x[np.sort(sample)])
     index.add(x)
-    index.nprobe = max(1, lists // 16)
+    index.nprobe = max(1, lists // 25)  # recall about 0.9 on a MicroLens-sized table
     return index, f"approximate (IndexIVFFlat, {lists} lists, nprobe {index.nprobe})"
 
 
@@ -134,50 +135,43 @@ def tag_overlap(index: np.ndarray, tags: np.ndarray, rows: np.ndarray | None = N
     return float(shared[has].mean()) if has.any() else float("nan")
 
 
-def coclick_partners(histories: np.ndarray, window: int = 1) -> np.ndarray:
-    """(P, 2) unique row pairs (both directions) of distinct items that stand within
-    ``window`` positions of each other in some history."""
-    seq = np.asarray(histories, dtype=np.int64)
-    n = int(seq.max(initial=0))
-    codes = []  # pair (a, b) of rows as a * n + b: a 1-D unique is far faster than a row-wise one
-    for shift in range(1, window + 1):
-        a, b = seq[:, :-shift].ravel(), seq[:, shift:].ravel()
-        real = (a > 0) & (b > 0) & (a != b)
-        a, b = a[real] - 1, b[real] - 1
-        codes += [a * n + b, b * n + a]
-    if not codes:
-        return np.zeros((0, 2), np.int64)
-    unique = np.unique(np.concatenate(codes))
-    return np.stack([unique // max(n, 1), unique % max(n, 1)], axis=1)
-
-
-def _pair_codes(index: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    """Each (row, neighbour) of ``index`` as one sorted integer code row * n + neighbour."""
-    return np.sort((rows[:, None] * n + index).ravel())
-
-
-def coclick_hit(index: np.ndarray, partners: np.ndarray, rows: np.ndarray | None = None,
-                n_items: int | None = None) -> float:
-    """Share of query items (``rows`` of ``n_items``; default all) with co-click partners
-    that have one among their neighbours."""
-    rows = _query_rows(index, rows)
+def coclick_hit(index: np.ndarray, histories: np.ndarray, rows: np.ndarray | None = None,
+                n_items: int | None = None, window: int = 1, chunk: int = 50_000) -> float:
+    """Share of query items (``rows`` of ``n_items``; default all) with a co-click partner
+    among their neighbours, over query items that have partners. Partners: distinct items
+    within ``window`` positions of each other in some history (ids; 0 = padding). The
+    histories are streamed in chunks of rows, so a million of them need no pair table."""
     n = len(index) if n_items is None else n_items
-    partners = partners[np.isin(partners[:, 0], rows)] if len(partners) else partners
-    if not len(partners):
-        return float("nan")
-    found = np.isin(partners[:, 0] * n + partners[:, 1], _pair_codes(index, rows, n))
-    hit = np.zeros(n, dtype=bool)
-    np.logical_or.at(hit, partners[:, 0], found)
-    return float(hit[np.unique(partners[:, 0])].mean())
-
-
-def truth_overlap(index: np.ndarray, truth_index: np.ndarray, rows: np.ndarray | None = None) -> float:
-    """Mean share of each query item's neighbours (``rows``; default all) that are also
-    its neighbours under the truth (``truth_index``: all N items)."""
     rows = _query_rows(index, rows)
-    n = len(truth_index)
-    codes = (rows[:, None] * n + index).ravel()
-    return float(np.isin(codes, _pair_codes(truth_index[rows], rows, n)).sum() / index.size)
+    slot = np.full(n, -1, dtype=np.int64)  # item row -> its query position
+    slot[rows] = np.arange(len(rows))
+    index = np.asarray(index, dtype=np.int32)
+    has = np.zeros(len(rows), dtype=bool)
+    hit = np.zeros(len(rows), dtype=bool)
+    seq = np.asarray(histories)
+    for start in range(0, len(seq), chunk):
+        block = seq[start:start + chunk].astype(np.int64)
+        for shift in range(1, window + 1):
+            a, b = block[:, :-shift].ravel(), block[:, shift:].ravel()
+            real = (a > 0) & (b > 0) & (a != b)
+            a, b = a[real] - 1, b[real] - 1
+            for item, partner in ((a, b), (b, a)):
+                query = slot[item]
+                keep = query >= 0
+                query, partner = query[keep], partner[keep]
+                has[query] = True
+                hit[query[(index[query] == partner[:, None]).any(axis=1)]] = True
+    return float(hit[has].mean()) if has.any() else float("nan")
+
+
+def truth_overlap(index: np.ndarray, truth_index: np.ndarray) -> float:
+    """Mean share of each query item's neighbours that are also its neighbours under the
+    truth; ``index`` and ``truth_index`` (Q, k) hold the same query items row by row."""
+    index, truth_index = np.asarray(index), np.asarray(truth_index)
+    if index.shape != truth_index.shape:
+        raise ValueError(f"truth_overlap needs neighbours of the same queries, got shapes "
+                         f"{index.shape} and {truth_index.shape}")
+    return float((index[:, :, None] == truth_index[:, None, :]).any(axis=2).mean())
 
 
 def collapse_stats(vectors: np.ndarray, found: Neighbours, duplicate_cosine: float = 0.99) -> dict:
@@ -205,26 +199,30 @@ class NeighbourReport:
 def neighbour_report(vectors: np.ndarray, tags: np.ndarray | None = None,
                      histories: np.ndarray | None = None, truth: np.ndarray | None = None,
                      k: int = 10, seed: int = 0) -> NeighbourReport:
-    """All neighbour checks of a table, and the same for a random table as the floor."""
-    partners = coclick_partners(histories) if histories is not None else None
-    truth_index = neighbours(truth, k).index if truth is not None else None
+    """All neighbour checks of a table, and the same for a random table as the floor.
+
+    Beyond ``EXACT_LIMIT`` items (where the table's search is approximate), the floor and
+    the truth's neighbours are searched exactly for ``SAMPLED_QUERIES`` sampled items, and
+    the truth overlap averages over those (the table's other metrics cover every item)."""
+    n = len(vectors)
+    rng = np.random.default_rng(seed)
+    random_table = rng.standard_normal(np.shape(vectors)).astype(np.float32)
+    sample = None if n <= EXACT_LIMIT else np.sort(rng.choice(n, min(n, SAMPLED_QUERIES), replace=False))
+    truth_found = neighbours(truth, k, queries=sample) if truth is not None else None
 
     def metrics(found: Neighbours, table: np.ndarray) -> dict:
         out = {"k": k, "method": found.method, "seconds": found.seconds, "recall": found.recall,
                **collapse_stats(table, found)}
         if tags is not None:
             out["tag_overlap"] = tag_overlap(found.index, tags, found.rows)
-        if partners is not None:
-            out["coclick_hit"] = coclick_hit(found.index, partners, found.rows, len(table))
-        if truth_index is not None:
-            out["truth_overlap"] = truth_overlap(found.index, truth_index, found.rows)
+        if histories is not None:
+            out["coclick_hit"] = coclick_hit(found.index, histories, found.rows, n)
+        if truth_found is not None:
+            on_sample = found.index if sample is None or found.rows is not None else found.index[sample]
+            out["truth_overlap"] = truth_overlap(on_sample, truth_found.index)
         return out
 
     found = neighbours(vectors, k, seed=seed)
-    rng = np.random.default_rng(seed)
-    random_table = rng.standard_normal(np.shape(vectors)).astype(np.float32)
-    sample = (None if len(random_table) <= FLOOR_QUERIES
-              else np.sort(rng.choice(len(random_table), FLOOR_QUERIES, replace=False)))
     floor = metrics(neighbours(random_table, k, queries=sample), random_table)
     return NeighbourReport(metrics(found, vectors), floor, found)
 

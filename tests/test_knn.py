@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmembed.knn import (coclick_hit, coclick_partners, collapse_stats, history_proxy_auc,
+from mmembed.knn import (coclick_hit, collapse_stats, history_proxy_auc,
                          neighbour_report, neighbours, tag_overlap, truth_overlap)
 
 
@@ -48,24 +48,28 @@ def test_sampled_queries_equal_the_full_search_on_those_rows():
     assert tag_overlap(some.index, tags, rows) == 1.0
     wrong = (some.index + 10) % 200  # a cluster over: no shared tags, no truth overlap
     assert tag_overlap(wrong, tags, rows) == 0.0
-    assert truth_overlap(some.index, full.index, rows) == 1.0
-    assert truth_overlap(wrong, full.index, rows) == 0.0
-    partners = np.array([[3, int(some.index[0, 0])], [50, 199], [7, 8]])  # item 7 is not a query
-    assert coclick_hit(some.index, partners, rows, 200) == pytest.approx(1 / 2)
+    assert truth_overlap(some.index, full.index[rows]) == 1.0
+    assert truth_overlap(wrong, full.index[rows]) == 0.0
+    # ids are rows + 1: item 3 sits beside its first neighbour, item 50 beside item 199
+    # (not its neighbour), item 7 (no query) beside 8
+    histories = np.array([[4, int(some.index[0, 0]) + 1, 0], [51, 200, 0], [8, 9, 0]])
+    assert coclick_hit(some.index, histories, rows, 200) == pytest.approx(1 / 3)  # 3 hits; 50, 199 miss
 
 
-def test_random_floor_beyond_the_sample_size_averages_over_sampled_queries(monkeypatch):
+def test_beyond_the_exact_limit_the_floor_and_truth_use_sampled_queries(monkeypatch):
     import mmembed.knn as knn
 
-    vectors, cluster = _clusters()
+    vectors, cluster = _clusters(n_clusters=40, size=25)
     tags = np.stack([cluster + 1, np.zeros_like(cluster)], axis=1)
     whole = neighbour_report(vectors, tags=tags, truth=vectors, k=9)
-    monkeypatch.setattr(knn, "FLOOR_QUERIES", 60)
+    monkeypatch.setattr(knn, "EXACT_LIMIT", 500)
+    monkeypatch.setattr(knn, "SAMPLED_QUERIES", 300)
     sampled = neighbour_report(vectors, tags=tags, truth=vectors, k=9)
-    assert "60 sampled queries" in sampled.floor["method"] and "sampled" not in sampled.metrics["method"]
-    assert sampled.metrics == {**whole.metrics, "seconds": sampled.metrics["seconds"]}
-    for name in ("tag_overlap", "truth_overlap"):  # chance level either way: about 9/199
-        assert sampled.floor[name] < 0.2 and whole.floor[name] < 0.2
+    assert "300 sampled queries" in sampled.floor["method"] and "approximate" in sampled.metrics["method"]
+    assert 0.9 <= sampled.metrics["recall"] <= 1.0
+    assert sampled.metrics["tag_overlap"] > 0.95 and sampled.metrics["truth_overlap"] > 0.9
+    for name in ("tag_overlap", "truth_overlap"):  # chance level either way: about 24/999 and 9/999
+        assert sampled.floor[name] < 0.1 and whole.floor[name] < 0.1
 
 
 def test_bad_arguments_are_refused():
@@ -82,18 +86,24 @@ def test_tag_overlap_counts_shared_nonzero_tags():
     assert tag_overlap(index, tags) == pytest.approx(2 / 6)
 
 
-def test_coclick_partners_and_hits():
+def test_coclick_hits_from_histories():
     histories = np.array([[0, 1, 2, 3], [0, 0, 4, 1]])  # ids; row = id - 1
-    partners = coclick_partners(histories)
-    assert partners.tolist() == [[0, 1], [0, 3], [1, 0], [1, 2], [2, 1], [3, 0]]
+    # partners: 0-1, 1-2, 3-0; item 4 (id 5) has none
     index = np.array([[1], [4], [3], [2], [0]])
-    assert coclick_hit(index, partners) == pytest.approx(1 / 4)  # item 0 hits; item 4 has none
+    assert coclick_hit(index, histories) == pytest.approx(1 / 4)  # item 0 hits
+    assert coclick_hit(index, histories, chunk=1) == pytest.approx(1 / 4)  # streamed row by row
+    assert coclick_hit(np.array([[1], [0], [1], [0], [0]]), histories) == 1.0
+    # window 2 adds 0-2 (ids 1, 3): item 2's neighbour 3 is still no partner, item 1's 4 neither
+    assert coclick_hit(index, histories, window=2) == pytest.approx(1 / 4)
+    assert np.isnan(coclick_hit(index, np.zeros((2, 4), np.int64)))
 
 
 def test_truth_overlap_and_collapse_diagnostics():
     vectors, cluster = _clusters()
     found = neighbours(vectors, k=9)
     assert truth_overlap(found.index, found.index) == 1.0
+    with pytest.raises(ValueError, match="same queries"):
+        truth_overlap(found.index, found.index[:5])
     shuffled = neighbours(np.random.default_rng(1).standard_normal(vectors.shape), k=9)
     assert truth_overlap(shuffled.index, found.index) < 0.2
     stats = collapse_stats(vectors, found)
