@@ -109,6 +109,8 @@ def history_plot(records: list[dict], path: Path) -> Path | None:
             ax.plot(epochs, aucs, marker="o", markersize=3, color=colour, label=label,
                     linestyle="--" if r.get("untrained") else "-", alpha=0.85)
             drawn.add(r["embedding"])
+        last = max(h["epoch"] for r in records if r["model"] == model for h in r["history"])
+        ax.set_xlim(0.5, last + 0.5)  # whole epochs, also when there is only one
         ax.set_title(f"{model}: validation AUC per epoch")
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation AUC")
