@@ -389,5 +389,5 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         _publish(stage, out, pages)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    logger.info("report: %s", out / "index.html")
+    logger.debug("report: %s", out / "index.html")  # the commands print the path
     return out / "index.html"

@@ -113,6 +113,8 @@ def build_table(ctx: RunContext, spec: EmbeddingSpec, seed: int, truth: Any) -> 
     if spec.is_reference:
         table, info = reference_table(spec.name, truth, seed), {"fit_seconds": 0.0, "untrained": False}
     else:
+        fusion = (spec.fusion or {}).get("name", "no fusion")
+        ctx.say(f"  {spec.name}, seed {seed}: features of {', '.join(spec.encoders)} -> {fusion}")
         table, provenance = extracted_table(ctx.root, encoders, spec.fusion, spec.dim, seed,
                                             ctx.cache_dir / "features", progress=ctx.progress)
         info = {"fit_seconds": provenance["fit_seconds"], "untrained": provenance.get("untrained", False),
@@ -279,21 +281,31 @@ def _git_commit() -> str | None:
 
 @contextlib.contextmanager
 def _log_to(path: Path) -> Iterator[None]:
-    """Copy the mmembed and ctr_eval log records of the run into ``path``."""
+    """Copy the mmembed and ctr_eval log records of the run into ``path``; on the console
+    they show from WARNING up (the runner's own step lines and progress bars say what is
+    going on), or all of them when debug output was asked for (``-vv``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger(name) for name in ("mmembed", "ctr_eval")]
-    levels = [lg.level for lg in loggers]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    debug = any(lg.getEffectiveLevel() <= logging.DEBUG for lg in loggers)
+    console.setLevel(logging.DEBUG if debug else logging.WARNING)
     for lg in loggers:
         lg.addHandler(handler)
+        lg.addHandler(console)
+        lg.propagate = False  # the console handler above replaces the root's
         if lg.getEffectiveLevel() > logging.INFO:
             lg.setLevel(logging.INFO)
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, (level, propagate) in zip(loggers, saved):
             lg.removeHandler(handler)
+            lg.removeHandler(console)
             lg.setLevel(level)
+            lg.propagate = propagate
         handler.close()
