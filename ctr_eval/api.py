@@ -94,8 +94,8 @@ def evaluate(
             raise ValueError(f"{data_dir}: the {name} split has no label column; training needs labels")
         check_ids(split, table, num_levels=cfg.num_levels)
     meta = {"task1": task1, "embedding_source": source, "data_dir": str(Path(data_dir).resolve())}
-    if train_rows is not None:
-        meta["train_rows"] = f"{min(train_rows, len(train))} of {len(train)} (random, seed 0)"
+    if train_rows is not None and train_rows < len(train):  # as many or more: all rows, as without
+        meta["train_rows"] = f"{train_rows} of {len(train)} (random, seed 0)"
         train = train.subset(train_rows)
     if run_dir is not None:
         return Trainer(cfg, table, train, valid, run_dir, options, meta).fit()

@@ -55,10 +55,12 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def default_run_dir(model: str, cfg_hash: str, data_dir: str, item_info: str | None) -> Path:
+def default_run_dir(model: str, cfg_hash: str, data_dir: str, item_info: str | None,
+                    train_rows: int | None = None) -> Path:
     """Same command, same folder: so that re-running a killed command resumes it."""
     key = f"{Path(data_dir).resolve()}|{Path(item_info).resolve() if item_info else 'dataset'}"
-    return Path("ctr_eval_runs") / f"{model}-{cfg_hash}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    rows = f"-rows{train_rows}" if train_rows else ""
+    return Path("ctr_eval_runs") / f"{model}-{cfg_hash}-{hashlib.sha256(key.encode()).hexdigest()[:8]}{rows}"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -168,7 +170,8 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = parse_set(args.overrides)
     cfg = resolve_config(args.model, task1=args.task1, **overrides)  # refuse bad keys first
-    run_dir = args.run_dir or default_run_dir(args.model, config_hash(cfg), args.data, args.item_info)
+    run_dir = args.run_dir or default_run_dir(args.model, config_hash(cfg), args.data, args.item_info,
+                                              args.train_rows)
     result = evaluate(args.data, item_info=args.item_info, model=args.model, task1=args.task1,
                       run_dir=run_dir, max_epochs=args.max_epochs, train_rows=args.train_rows,
                       device=args.device, mixed_precision=args.mixed_precision, progress=not args.no_progress,

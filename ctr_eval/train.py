@@ -119,6 +119,10 @@ def torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
+class RunDirMismatch(ValueError):
+    """The run dir holds another run (model, config, item table or train rows differ)."""
+
+
 class Trainer:
     """Fits one model on a train split, validates each epoch, keeps the best weights.
 
@@ -178,7 +182,7 @@ class Trainer:
                              ("item_table_fingerprint", self.fingerprint),
                              ("train_rows", self.meta.get("train_rows"))):
                 if old.get(key) != now:
-                    raise ValueError(
+                    raise RunDirMismatch(
                         f"run dir {self.run_dir} holds a different run ({key} {old.get(key)!r}, "
                         f"this run has {now!r}); pass a new run_dir to start fresh"
                     )

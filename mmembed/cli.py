@@ -36,7 +36,11 @@ class CommandError(Exception):
 def _configure_logging(args: argparse.Namespace) -> None:
     from ctr_eval.logs import configure_cli_logging
 
-    configure_cli_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
+    # a recipe run keeps its INFO records in the run's log; its console shows step lines,
+    # progress bars and warnings
+    quiet_console = args.command in ("run", "demo") and level == logging.INFO
+    configure_cli_logging(level, console_level=logging.WARNING if quiet_console else None)
 
 
 def _non_negative_int(text: str) -> int:
@@ -110,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mmembed.demo import run_demo
 
     try:
-        return run_demo(Path(args.out), seed=args.seed, quick=args.quick, overrides=args.overrides,
+        return run_demo(args.out, seed=args.seed, quick=args.quick, overrides=args.overrides,
                         progress=not args.quiet)
     except FileNotFoundError as err:
         raise CommandError(str(err)) from err
@@ -407,7 +411,7 @@ def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
                               "  mmembed demo --quick         # the same on the tiny set\n"
                               "  mmembed demo --set seeds=[1,2,3]",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo; --quick: runs/demo-quick)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/demo; with --quick: runs/demo-quick)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="synthetic data seed (default 0)")
     p.add_argument("--quick", action="store_true",
                    help="tiny data and one short epoch: a smoke run of the whole pipeline")

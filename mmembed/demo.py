@@ -21,14 +21,14 @@ OFFLINE_CLIP = {"name": "clip", "model": "ViT-S-32", "towers": "image", "pretrai
 #: the shipped recipe, beside the package in a clone of the repository
 DEMO_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
 
-#: ``--quick``: the tiny set, one short epoch, a small contrastive head
-QUICK_OVERRIDES = ("data.synthetic=tiny", "models.0.max_epochs=1", "models.0.settings.batch_size=256")
+#: ``--quick``: the tiny set (all its 4,000 train rows), smaller DIN batches
+QUICK_OVERRIDES = ("data.synthetic=tiny", "models.0.settings.batch_size=256")
 
 
-def run_demo(out: Path, seed: int = 0, quick: bool = False, overrides: Sequence[str] = (),
+def run_demo(out: Path | None = None, seed: int = 0, quick: bool = False, overrides: Sequence[str] = (),
              progress: bool = True, recipe_path: Path | None = None) -> int:
-    """Run the demo recipe (default :data:`DEMO_RECIPE`) into ``out`` (``<out>-quick``
-    with ``quick``); 0 on success."""
+    """Run the demo recipe (default :data:`DEMO_RECIPE`) into ``out`` (default
+    ``runs/demo``, with ``quick`` ``runs/demo-quick``); 0 on success."""
     from mmembed.recipes import load_recipe
     from mmembed.recipes.cli import run_and_report
 
@@ -38,7 +38,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, overrides: Sequence[
                                 f"recipes/ folder): run `mmembed run PATH/TO/demo.yaml` instead")
     started = time.perf_counter()
     recipe = load_recipe(recipe_path, [f"data.seed={seed}", *(QUICK_OVERRIDES if quick else ()), *overrides])
-    run_dir = Path(f"{out}-quick") if quick else Path(out)
+    run_dir = Path(out) if out is not None else Path("runs") / ("demo-quick" if quick else "demo")
     print(f"mmembed demo: {recipe_path.name}, {recipe.description}")
     run_and_report(recipe, run_dir, progress=progress)
     minutes, seconds = divmod(time.perf_counter() - started, 60)

@@ -70,7 +70,7 @@ def neighbours(vectors: np.ndarray, k: int = 10, exact_limit: int | None = None,
     if queries is not None:
         queries = np.asarray(queries, dtype=np.int64)
         score, index = exact.search(x[queries], k + 1)
-        method, recall = f"exact (IndexFlatIP) for {len(queries):,} sampled queries", None
+        method, recall = f"exact (IndexFlatIP) for {len(queries):,} query items", None
     elif len(x) <= (EXACT_LIMIT if exact_limit is None else exact_limit):
         score, index = exact.search(x, k + 1)
         method, recall = "exact (IndexFlatIP)", None
@@ -85,7 +85,7 @@ def neighbours(vectors: np.ndarray, k: int = 10, exact_limit: int | None = None,
 def _approximate_index(x: np.ndarray, seed: int):
     import faiss
 
-    lists = int(4 * np.sqrt(len(x)))
+    lists = int(min(4 * np.sqrt(len(x)), len(x) // 50))  # >= 50 training points per list
     quantizer = faiss.IndexFlatIP(x.shape[1])
     index = faiss.IndexIVFFlat(quantizer, x.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = 10  # k-means iterations for the lists (FAISS's default 25 buys little recall)
@@ -130,8 +130,8 @@ def tag_overlap(index: np.ndarray, tags: np.ndarray, rows: np.ndarray | None = N
     rows = _query_rows(index, rows)
     has = (tags[rows] != 0).any(axis=1)
     q = tags[rows][:, None, :, None]  # (Q, 1, T, 1)
-    n = tags[index][:, :, None, :]  # (N, k, 1, T)
-    shared = ((q == n) & (q != 0)).any(axis=(2, 3))  # (N, k)
+    n = tags[index][:, :, None, :]  # (Q, k, 1, T)
+    shared = ((q == n) & (q != 0)).any(axis=(2, 3))  # (Q, k)
     return float(shared[has].mean()) if has.any() else float("nan")
 
 
@@ -141,6 +141,8 @@ def coclick_hit(index: np.ndarray, histories: np.ndarray, rows: np.ndarray | Non
     among their neighbours, over query items that have partners. Partners: distinct items
     within ``window`` positions of each other in some history (ids; 0 = padding). The
     histories are streamed in chunks of rows, so a million of them need no pair table."""
+    if rows is not None and n_items is None:
+        raise ValueError("coclick_hit: with query rows, pass n_items (the number of items)")
     n = len(index) if n_items is None else n_items
     rows = _query_rows(index, rows)
     slot = np.full(n, -1, dtype=np.int64)  # item row -> its query position
@@ -203,7 +205,9 @@ def neighbour_report(vectors: np.ndarray, tags: np.ndarray | None = None,
 
     Beyond ``EXACT_LIMIT`` items (where the table's search is approximate), the floor and
     the truth's neighbours are searched exactly for ``SAMPLED_QUERIES`` sampled items, and
-    the truth overlap averages over those (the table's other metrics cover every item)."""
+    the truth overlap averages over those (the table's other metrics cover every item).
+    There the table's metrics come from approximate neighbours (``recall`` says how close)
+    while the floor's and the truth's are exact, which tends to understate the table."""
     n = len(vectors)
     rng = np.random.default_rng(seed)
     random_table = rng.standard_normal(np.shape(vectors)).astype(np.float32)

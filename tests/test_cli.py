@@ -147,7 +147,7 @@ def test_demo_runs_the_shipped_recipe_with_quick_and_set_overrides(tmp_path, cap
     assert main(["-q", "demo", "--quick", "--out", str(tmp_path / "d"), "--set", "seeds=[2]"]) == 0
     recipe = ran["recipe"]
     assert recipe.name == "demo" and recipe.data.synthetic == "tiny" and recipe.seeds == (2,)
-    assert recipe.models[0].max_epochs == 1 and ran["run_dir"] == tmp_path / "d-quick"
+    assert recipe.models[0].max_epochs == 1 and ran["run_dir"] == tmp_path / "d"
     assert ran["progress"] is False and "demo finished in" in capsys.readouterr().out
     assert main(["demo", "--out", str(tmp_path / "d")]) == 0
     assert ran["recipe"].data.synthetic == "small" and ran["run_dir"] == tmp_path / "d"
@@ -311,3 +311,33 @@ def test_missing_hub_weights_name_the_encoder_flag(tiny_root, capsys):
     assert main(["-q", "extract", str(tiny_root), "--encoder", "sbert:model=nobody/not-a-cached-model"]) == 2
     line = error_line(capsys, "extract")
     assert "pass --encoder sbert:model=local-dir:/path/to/folder" in line and "model='local-dir" not in line
+
+
+def test_cli_logging_keeps_third_party_info_and_optionally_our_info_off_the_console(capsys):
+    import logging
+
+    from ctr_eval.logs import HANDLER_NAME, configure_cli_logging
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers), {n: logging.getLogger(n).level for n in ("mmembed", "ctr_eval")})
+    try:
+        configure_cli_logging(logging.INFO)
+        logging.getLogger("mmembed.demo").info("ours at info")
+        logging.info("open_clip style root info")
+        logging.getLogger("some_library").info("library info")
+        logging.getLogger("some_library").warning("library warning")
+        err = capsys.readouterr().err
+        assert "ours at info" in err and "library warning" in err
+        assert "root info" not in err and "library info" not in err
+        configure_cli_logging(logging.INFO, console_level=logging.WARNING)  # replaces the handler
+        assert sum(h.get_name() == HANDLER_NAME for h in root.handlers) == 1
+        logging.getLogger("ctr_eval.train").info("epoch line")
+        logging.getLogger("ctr_eval.train").warning("a warning")
+        err = capsys.readouterr().err
+        assert "epoch line" not in err and "a warning" in err
+        assert logging.getLogger("ctr_eval").isEnabledFor(logging.INFO)  # still recorded for log files
+    finally:
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)

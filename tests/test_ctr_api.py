@@ -160,6 +160,8 @@ def test_train_rows_trains_on_a_fixed_random_subset(tiny_root, tmp_path):
     # rows of the file, in file order, not the first 300
     assert not torch.equal(sub.item_id, split.item_id[:300])
     assert split.subset(len(split) + 5) is split
+    whole = small_eval(tiny_root, tmp_path / "whole", max_epochs=1, train_rows=len(split) + 5)
+    assert "train_rows" not in whole and whole["n_train"] == len(split)  # all rows: as without it
     result = small_eval(tiny_root, tmp_path / "run", max_epochs=1, train_rows=300)
     assert result["n_train"] == 300 and result["train_rows"] == f"300 of {len(split)} (random, seed 0)"
     assert result["history"][0]["train_samples"] == 300

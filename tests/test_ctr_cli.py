@@ -37,6 +37,8 @@ def test_default_run_dir_is_stable_per_command(tmp_path):
     assert a == default_run_dir("din", "abc", str(tmp_path), None)
     assert a != default_run_dir("din", "abc", str(tmp_path), str(tmp_path / "x.parquet"))
     assert a.parts[0] == "ctr_eval_runs" and a.name.startswith("din-abc-")
+    subset = default_run_dir("din", "abc", str(tmp_path), None, 500)  # --train-rows: its own folder
+    assert subset != a and subset.name.endswith("-rows500")
 
 
 def test_train_then_predict(tiny_root, tmp_path, capsys):

@@ -54,6 +54,8 @@ def test_sampled_queries_equal_the_full_search_on_those_rows():
     # (not its neighbour), item 7 (no query) beside 8
     histories = np.array([[4, int(some.index[0, 0]) + 1, 0], [51, 200, 0], [8, 9, 0]])
     assert coclick_hit(some.index, histories, rows, 200) == pytest.approx(1 / 3)  # 3 hits; 50, 199 miss
+    with pytest.raises(ValueError, match="pass n_items"):
+        coclick_hit(some.index, histories, rows)
 
 
 def test_beyond_the_exact_limit_the_floor_and_truth_use_sampled_queries(monkeypatch):
@@ -65,7 +67,7 @@ def test_beyond_the_exact_limit_the_floor_and_truth_use_sampled_queries(monkeypa
     monkeypatch.setattr(knn, "EXACT_LIMIT", 500)
     monkeypatch.setattr(knn, "SAMPLED_QUERIES", 300)
     sampled = neighbour_report(vectors, tags=tags, truth=vectors, k=9)
-    assert "300 sampled queries" in sampled.floor["method"] and "approximate" in sampled.metrics["method"]
+    assert "300 query items" in sampled.floor["method"] and "approximate" in sampled.metrics["method"]
     assert 0.9 <= sampled.metrics["recall"] <= 1.0
     assert sampled.metrics["tag_overlap"] > 0.95 and sampled.metrics["truth_overlap"] > 0.9
     for name in ("tag_overlap", "truth_overlap"):  # chance level either way: about 24/999 and 9/999

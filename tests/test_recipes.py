@@ -188,17 +188,34 @@ def test_a_killed_run_resumes_to_the_same_table(tiny_root, tmp_path, monkeypatch
 
 
 def test_changed_model_settings_retrain_instead_of_refusing_the_old_run(tiny_root, tmp_path, monkeypatch):
+    import shutil
+
+    import pyarrow.parquet as pq
+
     calls = _counting(monkeypatch)
+    tiny_other = tmp_path / "other_data"
+    shutil.copytree(tiny_root, tiny_other)
+    valid = tiny_other / "MicroLens_1M_x1" / "valid.parquet"
+    pq.write_table(pq.read_table(valid).slice(0, 150), valid)  # other data: fewer valid rows
     path = _recipe_file(tmp_path, tiny_root)
     quiet = {"cache_dir": tmp_path / "cache", "progress": False, "say": lambda _: None}
     first = run_recipe(load_recipe(path, ["embeddings=[random]"]), tmp_path / "run", **quiet)
     subset = load_recipe(path, ["embeddings=[random]", "models.0.train_rows=300"])
     assert subset.models[0].train_rows == 300
     second = run_recipe(subset, tmp_path / "run", **quiet)
-    assert calls["judge"] == 2 and second[0]["valid_auc"] != first[0]["valid_auc"]
+    # the first try meets the old run's folder, which ctr_eval refuses; the retry replaces it
+    assert calls["judge"] == 3 and second[0]["valid_auc"] != first[0]["valid_auc"]
     result = json.loads((tmp_path / "run" / "ctr" / "din" / "random" / "seed1" / "result.json").read_text())
     assert result["n_train"] == 300
-    assert run_recipe(subset, tmp_path / "run", **quiet) == second and calls["judge"] == 2
+    assert run_recipe(subset, tmp_path / "run", **quiet) == second and calls["judge"] == 3
+    # other data in the same run folder: nothing of the old data is reused
+    other = load_recipe(path, ["embeddings=[random]", "models.0.train_rows=300", f"data.path={tiny_other}"])
+    third = run_recipe(other, tmp_path / "run", **quiet)
+    assert calls["judge"] == 4 and third[0]["valid_auc"] != second[0]["valid_auc"]
+    result = json.loads((tmp_path / "run" / "ctr" / "din" / "random" / "seed1" / "result.json").read_text())
+    assert result["n_valid"] == 150
+    with pytest.raises(RecipeError, match=r"models \['din'\] appear more than once"):
+        load_recipe(path, ["models=[din, {name: din, train_rows: 5}]"])
     with pytest.raises(RecipeError, match=r"models\[0\]\.train_rows must be a positive integer, got 0"):
         load_recipe(path, ["models.0.train_rows=0"])
 

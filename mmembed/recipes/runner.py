@@ -74,8 +74,21 @@ def prepare_data(ctx: RunContext) -> None:
         root = Path(data.path).expanduser()
     ctx.root = find_layout(root).root
     ctx.fingerprint = data_fingerprint(ctx.root)
+    _forget_other_data(ctx)
     write_json(ctx.run_dir / "data.json", {"root": str(ctx.root), "fingerprint": ctx.fingerprint,
                                            **{k: v for k, v in vars(data).items() if v is not None}})
+
+
+def _forget_other_data(ctx: RunContext) -> None:
+    """One run folder holds results of one dataset: when the recipe now points at other
+    data (another synthetic seed, another path), the tables, checks and CTR runs of the
+    old data are removed before anything is reused."""
+    saved = ctx.run_dir / "data.json"
+    if not saved.is_file() or json.loads(saved.read_text()).get("fingerprint") == ctx.fingerprint:
+        return
+    ctx.say(f"{ctx.run_dir} held results of other data; they are removed")
+    for name in ("tables", "checks", "ctr"):
+        shutil.rmtree(ctx.run_dir / name, ignore_errors=True)
 
 
 def data_fingerprint(root: Path) -> str:
@@ -159,16 +172,25 @@ def run_model(ctx: RunContext, model: ModelSpec, spec: EmbeddingSpec, seed: int,
     """One judged (model, embedding, seed), from its run folder when already finished."""
     from mmembed.recipes.tables import score_run
 
+    from ctr_eval.train import RunDirMismatch
+
     run_dir = ctx.run_dir / "ctr" / model.name / spec.name / f"seed{seed}"
-    key = _key("ctr", vars(model), table_key, seed)
+    key = _key("ctr", {k: v for k, v in vars(model).items() if v is not None}, table_key, seed)
     done = run_dir / "recipe_result.json"
     if done.is_file():
         saved = json.loads(done.read_text())
         if saved.get("key") == key:
             return saved["metrics"]
-    _claim(run_dir, key)
+        done.unlink()  # another table, data or model settings: the folder's run may resume or go
     ctx.say(f"  {model.label} on {spec.name}, seed {seed}: training")
-    result = judge(ctx.root, table, model, seed, run_dir, progress=ctx.progress)
+    try:
+        result = judge(ctx.root, table, model, seed, run_dir, progress=ctx.progress)
+    except RunDirMismatch:
+        # a run of other settings (the recipe changed): ours replaces it; a killed run of
+        # the same settings, or a raised epoch cap, resumes above instead
+        ctx.say(f"  ({run_dir} held a run of other settings; starting afresh)")
+        shutil.rmtree(run_dir)
+        result = judge(ctx.root, table, model, seed, run_dir, progress=ctx.progress)
     metrics = {"valid_auc": result["valid_auc"], "valid_logloss": result["valid_logloss"],
                "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
                "train_seconds": sum(h["train_seconds"] for h in result["history"]),
@@ -176,16 +198,6 @@ def run_model(ctx: RunContext, model: ModelSpec, spec: EmbeddingSpec, seed: int,
                **score_run(run_dir, ctx.root, truth)}
     write_json(done, {"key": key, "metrics": metrics})
     return metrics
-
-
-def _claim(run_dir: Path, key: str) -> None:
-    """Make ``run_dir`` this key's: a folder left by other settings (a changed recipe) is
-    emptied; one of the same key (a killed run) is kept, so the CTR run resumes."""
-    marker = run_dir / "recipe_key.txt"
-    if run_dir.exists() and (not marker.is_file() or marker.read_text().strip() != key):
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(key + "\n")
 
 
 # --------------------------------------------------------------------------- the run
@@ -281,31 +293,22 @@ def _git_commit() -> str | None:
 
 @contextlib.contextmanager
 def _log_to(path: Path) -> Iterator[None]:
-    """Copy the mmembed and ctr_eval log records of the run into ``path``; on the console
-    they show from WARNING up (the runner's own step lines and progress bars say what is
-    going on), or all of them when debug output was asked for (``-vv``)."""
+    """Copy the mmembed and ctr_eval log records of the run into ``path`` (INFO and up,
+    whatever the console shows)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger(name) for name in ("mmembed", "ctr_eval")]
-    saved = [(lg.level, lg.propagate) for lg in loggers]
-    debug = any(lg.getEffectiveLevel() <= logging.DEBUG for lg in loggers)
-    console.setLevel(logging.DEBUG if debug else logging.WARNING)
+    levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)
-        lg.addHandler(console)
-        lg.propagate = False  # the console handler above replaces the root's
         if lg.getEffectiveLevel() > logging.INFO:
             lg.setLevel(logging.INFO)
     try:
         yield
     finally:
-        for lg, (level, propagate) in zip(loggers, saved):
+        for lg, level in zip(loggers, levels):
             lg.removeHandler(handler)
-            lg.removeHandler(console)
             lg.setLevel(level)
-            lg.propagate = propagate
         handler.close()

@@ -240,6 +240,11 @@ def parse_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> Recipe:
     if repeated:
         raise RecipeError(f"{source}: embeddings {repeated} appear more than once; give each its own name")
     models = tuple(_model(m, i, source) for i, m in enumerate(_list(raw, "models", source, [{"name": "din"}])))
+    kinds = [m.name for m in models]
+    repeated = sorted({n for n in kinds if kinds.count(n) > 1})
+    if repeated:
+        raise RecipeError(f"{source}: models {repeated} appear more than once; a run keeps one run per model "
+                          "and table, so compare other settings in a second recipe (`extends:` this one)")
     data = _data(raw.get("data"), source)
     checks = tuple(_list(raw, "checks", source, list(CHECKS)))
     for check in checks:
