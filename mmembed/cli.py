@@ -373,25 +373,43 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub, common)
     _add_synth(sub, common)
-    p = sub.add_parser("validate", parents=[common],
+    p = _parser(sub, common, "validate",
                        help="check a dataset against what the challenge's loader assumes")
     p.add_argument("data_dir", help="dataset root (holding MicroLens_1M_x1/) or that folder itself")
     p.add_argument("--require-images", action="store_true",
                    help="treat missing or undecodable cover images as errors")
     p.set_defaults(func=cmd_validate)
     _add_extract(sub, common)
-    p = sub.add_parser("encoders", parents=[common],
+    p = _parser(sub, common, "encoders",
                        help="list the registered encoders and whether their weights are here")
     p.set_defaults(func=cmd_encoders)
-    p = sub.add_parser("fusions", parents=[common], help="list the registered fusion heads")
+    p = _parser(sub, common, "fusions", help="list the registered fusion heads")
     p.set_defaults(func=cmd_fusions)
-    p = sub.add_parser("summary", parents=[common], help="print a summary table of a dataset")
+    p = _parser(sub, common, "summary", help="print a summary table of a dataset")
     p.add_argument("data_dir")
     p.set_defaults(func=cmd_summary)
     from mmembed.recipes.cli import add_run_parser
 
     add_run_parser(sub, common)
     return parser
+
+
+EXAMPLES = {
+    "validate": "mmembed validate DATA\n  mmembed validate DATA --require-images",
+    "encoders": "mmembed encoders           # name, width, whether weights are here",
+    "fusions": "mmembed fusions            # name and what each head does",
+    "summary": "mmembed summary DATA",
+    "synth": "mmembed synth --scale small --seed 0 --out /tmp/synthetic_small\n"
+             "  mmembed synth --scale tiny --out /tmp/tiny --zip",
+    "extract": "mmembed extract DATA --encoder sbert --encoder pixels --fusion contrastive --out emb/\n"
+               "  mmembed extract DATA --encoder sbert --item-info my/item_info.parquet   # the challenge's file",
+}
+
+
+def _parser(sub: Any, common: argparse.ArgumentParser, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with examples."""
+    return sub.add_parser(name, parents=[common], epilog="example:\n  " + EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
 def _add_log_flags(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -421,7 +439,7 @@ def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_synth(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("synth", parents=[common], help="write a synthetic MicroLens dataset with a known truth")
+    p = _parser(sub, common, "synth", help="write a synthetic MicroLens dataset with a known truth")
     p.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--out", required=True, help="dataset root to write")
@@ -432,7 +450,7 @@ def _add_synth(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_extract(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("extract", parents=[common], help="encode items and fuse them into item embeddings")
+    p = _parser(sub, common, "extract", help="encode items and fuse them into item embeddings")
     p.add_argument("data_dir", help="dataset root (holding MicroLens_1M_x1/) or that folder itself")
     p.add_argument("--encoder", action="append", default=[], metavar="SPEC",
                    help="NAME, NAME:key=value,... or JSON; repeatable (default: sbert and clip)")

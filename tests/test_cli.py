@@ -341,3 +341,13 @@ def test_cli_logging_keeps_third_party_info_and_optionally_our_info_off_the_cons
         root.setLevel(saved[0])
         for name, level in saved[2].items():
             logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize("command", ["demo", "run", "report", "knn", "extract", "synth", "validate", "summary",
+                                     "encoders", "fusions"])
+def test_every_command_help_ends_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and f"mmembed {command}" in out.split("example:")[1]
