@@ -116,7 +116,7 @@ class ChallengeBatches:
     """
 
     def __init__(self, split_file: Path, item_info: pd.DataFrame, batch_size: int,
-                 max_len: int, shuffle: bool, seed: int, collate: str):
+                 max_len: int, shuffle: bool, seed: int, collate: str, max_steps: int = 0):
         table = pq.read_table(split_file)
         seq = table.column("item_seq").combine_chunks()
         width = len(seq[0]) if len(seq) else 0
@@ -135,11 +135,14 @@ class ChallengeBatches:
         self.epoch = 0
         self.collate = collate
         self.num_samples = len(self.history)
+        self.max_steps = max_steps  # > 0: each epoch yields only its first max_steps batches
+        self.samples_yielded = 0
         self.data_seconds = 0.0
 
     def __len__(self) -> int:  # BaseModel counts steps with it: it must match epoch_batches()
         count = -(-self.num_samples // self.batch_size)
-        return count - 1 if count > 1 and self.num_samples % self.batch_size == 1 else count
+        count = count - 1 if count > 1 and self.num_samples % self.batch_size == 1 else count
+        return min(count, self.max_steps) if self.max_steps > 0 else count
 
     def _items(self, ids: np.ndarray) -> dict[str, torch.Tensor]:
         if self.collate == "pandas":  # the baseline's way: DataFrame.iloc + to_list per batch
@@ -165,7 +168,7 @@ class ChallengeBatches:
         batches = [order[a:a + self.batch_size] for a in range(0, n, self.batch_size)]
         if len(batches) > 1 and len(batches[-1]) < 2:
             batches[-2] = np.concatenate([batches[-2], batches.pop()])
-        return batches
+        return batches[:self.max_steps] if self.max_steps > 0 else batches
 
     def __iter__(self):
         batches = self.epoch_batches()
@@ -179,6 +182,7 @@ class ChallengeBatches:
             items = self._items(ids.reshape(-1))
             mask = torch.from_numpy((history > 0).astype(np.float32))
             self.data_seconds += time.perf_counter() - began
+            self.samples_yielded += len(rows)
             yield context, items, mask
 
 
@@ -317,7 +321,7 @@ def run(args: argparse.Namespace) -> dict:
         return step_moments(model, split_dir, item_info, batch_rows, args)
     os.makedirs(model.model_dir, exist_ok=True)  # fuxictr's set_logger would make it
     train_gen = ChallengeBatches(split_dir / "train.parquet", item_info, args.batch_size,
-                                 args.max_len, True, args.seed, args.collate)
+                                 args.max_len, True, args.seed, args.collate, args.steps)
     valid_gen = ChallengeBatches(split_dir / "valid.parquet", item_info, args.batch_size,
                                  args.max_len, False, args.seed, args.collate)
     prep_s = time.perf_counter() - t_prep
@@ -333,7 +337,7 @@ def run(args: argparse.Namespace) -> dict:
     model.fit(train_gen, epochs=args.epochs, validation_data=valid_gen, max_gradient_norm=10.0)
     epochs_run = model._epoch_index + 1
     final = model.evaluate(valid_gen, metrics=["AUC", "logloss"])
-    samples = train_gen.num_samples * epochs_run
+    samples = train_gen.samples_yielded
     return {
         "impl": "fuxictr",
         "fuxictr_version": __import__("fuxictr").__version__,
@@ -343,6 +347,7 @@ def run(args: argparse.Namespace) -> dict:
         "valid_logloss": float(final["logloss"]),
         "epochs": epochs_run,
         "train_rows": train_gen.num_samples,
+        "max_steps_per_epoch": args.steps or None,
         "valid_rows": valid_gen.num_samples,
         "history_len": int(train_gen.history.shape[1]),
         "batch_size": args.batch_size,
@@ -379,6 +384,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--collate", choices=["pandas", "numpy"], default="pandas")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="> 0: train only the first N batches of each epoch (speed measurements; the "
+                        "whole split is still loaded)")
     return p.parse_args(argv)
 
 

@@ -57,8 +57,8 @@ from accelerate.utils import send_to_device, set_seed
 from tqdm.auto import tqdm
 
 from ctr_eval.format import atomic_path, item_table_fingerprint, write_json
-from ctr_eval._runtime import (RunOptions, global_batches, make_accelerator,
-                               predict_probs, prepare, process_bounds)
+from ctr_eval._runtime import (RunOptions, global_batches, make_accelerator, predict_probs, prepare,
+                               process_bounds, reuse_freed_memory)
 from ctr_eval.config import config_hash, config_to_dict
 from ctr_eval.global_batch import global_batch_norm, set_dropout_generator
 from ctr_eval.metrics import auc as exact_auc
@@ -194,6 +194,10 @@ class Trainer:
     # -- the run --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         acc = make_accelerator(self.options)
+        with reuse_freed_memory():  # no page faults on each step's big temporaries
+            return self._fit(acc)
+
+    def _fit(self, acc: Accelerator) -> dict[str, Any]:
         cfg = self.config
         resume = self._check_run_dir()
         if acc.is_main_process:
@@ -265,6 +269,8 @@ class Trainer:
         set_dropout_generator(unwrapped, dropout_generator)
         batches = global_batches(len(self.train_split), cfg.batch_size, cfg.seed, epoch, num_processes,
                                  cfg.shuffle)
+        if self.options.max_steps is not None:
+            batches = batches[:self.options.max_steps]
         lr = optimizer.param_groups[0]["lr"]
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)  # no per-step sync
@@ -347,6 +353,7 @@ class Trainer:
             "epochs_run": state.epoch,
             "stopped": stopped,
             "max_epochs_cap": self.options.max_epochs,
+            "max_steps_per_epoch": self.options.max_steps,
             "train_samples_per_s": samples / max(seconds, 1e-9),
             "history": state.history,
             "config": config_to_dict(self.config),

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from ctr_eval.global_batch import GlobalBatchDropout, set_dropout_generator
+from ctr_eval.global_batch import MASK_PIECE, GlobalBatchDropout, keep_mask, set_dropout_generator
 from ctr_eval.layers import (CrossNetV2, DINAttention, ItemEmbedding, MLPBlock,
                              fuxictr_reset_linear, norm_penalty)
 
@@ -201,6 +201,32 @@ def test_global_batch_dropout_across_two_processes_slices_the_one_process_mask(t
     drop.generator = torch.Generator().manual_seed(12)
     assert not torch.equal(drop(x) != 0, kept)
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_large_cpu_masks_are_drawn_in_seeded_pieces_whatever_the_thread_count():
+    shape = (3 * MASK_PIECE // 64 + 5, 64)  # four pieces, the last one short
+    threads = torch.get_num_threads()
+    masks = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            masks.append(keep_mask(shape, 0.9, torch.Generator().manual_seed(7), torch.float32,
+                                   torch.device("cpu")))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(masks[0], masks[1])
+    flat = masks[0].view(-1)
+    assert set(flat.unique().tolist()) == {0.0, 1.0}
+    assert abs(flat.mean().item() - 0.9) < 1e-3  # 3.1M draws: sd of the mean 1.7e-4
+    pieces = flat[: 3 * MASK_PIECE].view(3, MASK_PIECE)
+    assert not torch.equal(pieces[0], pieces[1]) and not torch.equal(pieces[1], pieces[2])
+    # independent pieces: dropped positions agree at the rate of chance, 0.1 * 0.1
+    both_dropped = ((pieces[0] == 0) & (pieces[1] == 0)).float().mean().item()
+    assert abs(both_dropped - 0.01) < 1e-3
+    generator = torch.Generator().manual_seed(7)
+    first = keep_mask(shape, 0.9, generator, torch.float32, torch.device("cpu"))
+    second = keep_mask(shape, 0.9, generator, torch.float32, torch.device("cpu"))
+    assert torch.equal(first, masks[0]) and not torch.equal(first, second)
 
 
 def test_global_batch_dropout_without_generator_is_plain_dropout():

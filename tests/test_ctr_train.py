@@ -7,6 +7,9 @@ these tests exercise the training loop itself, independent of the DIN.
 from __future__ import annotations
 
 import json
+import os
+import platform
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +20,7 @@ from torch import nn
 from ctr_eval.config import resolve_config
 from ctr_eval.global_batch import GlobalBatchDropout, GlobalBatchNorm1d
 from ctr_eval.models import ctr_loss
-from ctr_eval._runtime import global_batches, process_slice
+from ctr_eval._runtime import global_batches, process_slice, reuse_freed_memory
 from ctr_eval.train import (BEST_CHECKPOINT, LAST_CHECKPOINT, RESULT_FILE, RunOptions, Trainer,
                             TrainState, early_stop_step)
 
@@ -80,11 +83,22 @@ def _table():
     return SimpleNamespace(tags=torch.zeros(N_ITEMS + 1, 5, dtype=torch.long), emb=emb)
 
 
-def _trainer(run_dir, max_epochs=None, **overrides):
+def _trainer(run_dir, max_epochs=None, max_steps=None, **overrides):
     cfg = resolve_config("din", task1=False, **{"batch_size": 64, "epochs": 4, "net_dropout": 0.1,
                                                "learning_rate": 1e-2, **overrides})
     return Trainer(cfg, _table(), StandInSplit(800, 0), StandInSplit(300, 1), run_dir,
-                   RunOptions(max_epochs=max_epochs, progress=False), model_factory=StandInModel)
+                   RunOptions(max_epochs=max_epochs, max_steps=max_steps, progress=False),
+                   model_factory=StandInModel)
+
+
+def test_max_steps_trains_only_the_first_batches_of_each_epoch(tmp_path):
+    result = _trainer(tmp_path / "run", max_epochs=2, max_steps=3).fit()
+    assert [h["train_samples"] for h in result["history"]] == [3 * 64, 3 * 64]
+    assert result["max_steps_per_epoch"] == 3 and result["epochs_run"] == 2
+    full = _trainer(tmp_path / "full", max_epochs=1).fit()
+    assert full["history"][0]["train_samples"] == 800 and full["max_steps_per_epoch"] is None
+    with pytest.raises(ValueError, match="max_steps"):
+        RunOptions(max_steps=0).check()
 
 
 def test_global_batches_cover_every_row_once_and_split_across_processes():
@@ -221,3 +235,26 @@ def test_global_batch_norm_across_two_processes_equals_one_batch_norm(tmp_path):
     for key in ("running_mean", "running_var"):
         torch.testing.assert_close(r0[key], getattr(ref, key), **close)
         torch.testing.assert_close(r1[key], getattr(ref, key), **close)
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc settings")
+def test_reuse_freed_memory_keeps_freed_blocks_for_the_next_tensor_and_returns_them_after():
+    def resident_after_free() -> float:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MB: glibc would mmap and unmap it
+        del block
+        return _resident_mb()
+
+    baseline = resident_after_free()  # outside: the 64 MB went back to the kernel
+    with reuse_freed_memory():
+        kept = resident_after_free()
+        assert kept > baseline + 48  # freed, but still the process's: no new pages next time
+        again = resident_after_free()
+        assert again < kept + 16  # the next block of that size reused them
+    assert _resident_mb() < kept - 48  # returned on leaving
+    assert resident_after_free() < kept - 48  # and glibc's defaults are back
