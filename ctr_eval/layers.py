@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctr_eval.global_batch import GlobalBatchDropout
+from ctr_eval.global_batch import ReLUThenDropout
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,9 @@ ATTENTION_IMPLS = ("exact", "plain")  # "plain": FuxiCTR's formulation (tests, b
 
 class MLPBlock(nn.Module):
     """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden layer, then an optional
-    output Linear, as FuxiCTR's ``MLP_Block`` (dropout only when its rate is > 0; a
-    :class:`~ctr_eval.global_batch.GlobalBatchDropout`, plain dropout on one process)."""
+    output Linear, as FuxiCTR's ``MLP_Block`` (dropout only when its rate is > 0; ReLU and
+    dropout then run as one :class:`~ctr_eval.global_batch.ReLUThenDropout`, plain
+    dropout on one process)."""
 
     def __init__(self, input_dim: int, hidden_units: Sequence[int], output_dim: int | None = None,
                  dropout: float = 0.0, batch_norm: bool = False) -> None:
@@ -44,9 +45,7 @@ class MLPBlock(nn.Module):
             if batch_norm:
                 layers.append(nn.BatchNorm1d(units))
             # in place: the Linear/BatchNorm before it does not need its output for backward
-            layers.append(nn.ReLU(inplace=True))
-            if dropout > 0:
-                layers.append(GlobalBatchDropout(dropout))
+            layers.append(ReLUThenDropout(dropout) if dropout > 0 else nn.ReLU(inplace=True))
             width = units
         if output_dim is not None:
             layers.append(nn.Linear(width, output_dim))

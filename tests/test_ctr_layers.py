@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from ctr_eval.global_batch import MASK_PIECE, GlobalBatchDropout, keep_mask, set_dropout_generator
+from ctr_eval.global_batch import (MASK_PIECE, GlobalBatchDropout, ReLUThenDropout, keep_mask,
+                                   set_dropout_generator)
 from ctr_eval.layers import (CrossNetV2, DINAttention, ItemEmbedding, MLPBlock,
                              fuxictr_reset_linear, norm_penalty)
 
@@ -110,8 +111,8 @@ def test_unknown_attention_impl_is_refused():
 def test_mlp_block_layer_order_is_fuxictr():
     block = MLPBlock(10, [8, 4], output_dim=1, dropout=0.2, batch_norm=True)
     kinds = [type(m).__name__ for m in block.layers]
-    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "GlobalBatchDropout", "Linear", "BatchNorm1d",
-                     "ReLU", "GlobalBatchDropout", "Linear"]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLUThenDropout", "Linear", "BatchNorm1d",
+                     "ReLUThenDropout", "Linear"]
     assert [type(m).__name__ for m in MLPBlock(10, [8], dropout=0.0).layers] == ["Linear", "ReLU"]
 
 
@@ -227,6 +228,32 @@ def test_large_cpu_masks_are_drawn_in_seeded_pieces_whatever_the_thread_count():
     first = keep_mask(shape, 0.9, generator, torch.float32, torch.device("cpu"))
     second = keep_mask(shape, 0.9, generator, torch.float32, torch.device("cpu"))
     assert torch.equal(first, masks[0]) and not torch.equal(first, second)
+
+
+def _saved_elements(fn, x):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = fn(x)
+    return out, sum(saved)
+
+
+def test_relu_then_dropout_is_the_pair_of_layers_keeping_only_its_output():
+    x = torch.randn(300, 40, generator=torch.Generator().manual_seed(0))
+    grad = torch.randn(300, 40, generator=torch.Generator().manual_seed(1))
+    fused, relu, drop = ReLUThenDropout(0.3).train(), torch.nn.ReLU(inplace=True), GlobalBatchDropout(0.3).train()
+    fused.generator, drop.generator = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    outs, grads, saved = [], [], []
+    for fn in (fused, lambda t: drop(relu(t))):
+        leaf = x.clone().requires_grad_(True)
+        out, n = _saved_elements(fn, leaf * 1.0)  # a non-leaf input, as after a Linear
+        out.backward(grad)
+        outs.append(out.detach())
+        grads.append(leaf.grad)
+        saved.append(n)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])  # bit for bit
+    assert (outs[0] == 0).float().mean() > 0.5  # ReLU zeros about half, dropout 30% of the rest
+    assert saved == [x.numel(), 2 * x.numel()]  # the pair also keeps the ReLU output and the mask
+    assert torch.equal(fused.eval()(x.clone()), x.clamp_min(0))
 
 
 def test_global_batch_dropout_without_generator_is_plain_dropout():
