@@ -26,8 +26,8 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GlobalBatchDropout", "ReLUThenDropout", "GlobalBatchNorm1d", "global_batch_norm", "set_dropout_generator",
-           "keep_mask"]
+__all__ = ["GlobalBatchDropout", "ReLUThenDropout", "GlobalBatchNorm1d", "global_batch_norm",
+           "set_dropout_generator", "keep_mask"]
 
 MASK_PIECE = 1 << 20  # elements of a CPU dropout mask drawn from one seed
 _pools: dict[int, ThreadPoolExecutor] = {}
