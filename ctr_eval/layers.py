@@ -45,7 +45,12 @@ class MLPBlock(nn.Module):
             if batch_norm:
                 layers.append(nn.BatchNorm1d(units))
             # in place: the Linear/BatchNorm before it does not need its output for backward
-            layers.append(ReLUThenDropout(dropout) if dropout > 0 else nn.ReLU(inplace=True))
+            if dropout > 0:
+                # the Identity keeps each layer's index (and so state-dict keys) as it was
+                # when ReLU and dropout were two modules: older checkpoints still load
+                layers += [nn.Identity(), ReLUThenDropout(dropout)]
+            else:
+                layers.append(nn.ReLU(inplace=True))
             width = units
         if output_dim is not None:
             layers.append(nn.Linear(width, output_dim))

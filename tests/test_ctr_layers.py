@@ -111,8 +111,13 @@ def test_unknown_attention_impl_is_refused():
 def test_mlp_block_layer_order_is_fuxictr():
     block = MLPBlock(10, [8, 4], output_dim=1, dropout=0.2, batch_norm=True)
     kinds = [type(m).__name__ for m in block.layers]
-    assert kinds == ["Linear", "BatchNorm1d", "ReLUThenDropout", "Linear", "BatchNorm1d",
-                     "ReLUThenDropout", "Linear"]
+    assert kinds == ["Linear", "BatchNorm1d", "Identity", "ReLUThenDropout", "Linear", "BatchNorm1d",
+                     "Identity", "ReLUThenDropout", "Linear"]
+    # the parameter keys of the former ReLU + dropout layout: older checkpoints load
+    assert sorted(block.state_dict()) == sorted(
+        f"layers.{i}.{name}" for i, names in ((0, "wb"), (1, "bn"), (4, "wb"), (5, "bn"), (8, "wb"))
+        for name in ({"wb": ["weight", "bias"],
+                      "bn": ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]}[names]))
     assert [type(m).__name__ for m in MLPBlock(10, [8], dropout=0.0).layers] == ["Linear", "ReLU"]
 
 
