@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ from fuxictr.pytorch.models import BaseModel
 from fuxictr.pytorch.torch_utils import seed_everything
 
 from _grad_moments import gradient_moments  # bench/, this script's folder
+from _peak_rss import peak_rss_mb
 
 logger = logging.getLogger("fuxictr_runner")
 
@@ -279,10 +279,6 @@ def write_init(model: torch.nn.Module, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez(tmp, **{k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
     tmp.replace(path)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -52,6 +52,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from _peak_rss import peak_rss_mb  # bench/, this script's folder
+
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "_fuxictr_runner.py"
 DEFAULT_CACHE = Path.home() / ".cache" / "mmembed"
@@ -190,7 +192,7 @@ def run_child(cmd: list[str], label: str, log_file: Path) -> dict[str, Any]:
     with tempfile.TemporaryFile("w+") as out, open(log_file, "w") as err:
         began = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - began
         out.seek(0)
@@ -199,7 +201,8 @@ def run_child(cmd: list[str], label: str, log_file: Path) -> dict[str, Any]:
         tail = log_file.read_text(errors="replace").splitlines()[-25:]
         raise RuntimeError(f"{label} failed (exit {proc.returncode}); last log lines:\n" + "\n".join(tail))
     result = json.loads(lines[-1])
-    result["child_peak_rss_mb"] = usage.ru_maxrss / 1024.0  # Linux reports KiB
+    # the child's own figure: wait4's ru_maxrss includes this process's RSS at the spawn
+    result["child_peak_rss_mb"] = result["peak_rss_mb"]
     result["child_wall_s"] = wall
     result["load_1min_before_after"] = [load_before, os.getloadavg()[0]]
     return result
@@ -283,7 +286,6 @@ def run_ctr_eval(args: argparse.Namespace, run_dir: str) -> dict:
 def ctr_eval_worker(args: argparse.Namespace) -> int:
     """Child mode: one ctr_eval run; prints its figures as one JSON line."""
     import logging
-    import resource
 
     # per-epoch lines into the child's log file (stderr), as the FuxiCTR side writes them
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -303,7 +305,7 @@ def ctr_eval_worker(args: argparse.Namespace) -> int:
         "epochs": int(result["epochs_run"]),
         "train_samples_per_s": float(result["train_samples_per_s"]),
         "config_hash": result["config_hash"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss_mb(),
         "history": [{"AUC": h["valid_auc"], "samples_per_s": h.get("samples_per_s")}
                     for h in result["history"]],
     }))

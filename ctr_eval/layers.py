@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctr_eval.global_batch import ReLUThenDropout
+from ctr_eval.pair_ops import pair_first_layer, pair_weighted_sum
 
 logger = logging.getLogger(__name__)
 
@@ -167,18 +168,13 @@ class DINAttention(nn.Module):
         # even with no padding at all, so there is one layout.)
         rows, cols = mask.nonzero(as_tuple=True)
         key_rows = key_index[rows, cols]
-        # index_select, not x[idx]: its backward is index_add, far cheaper on CPU than the
-        # accumulating index_put that advanced indexing uses
-        k_real = keys.index_select(0, key_rows)
-        product = query.index_select(0, rows) * k_real
-        hidden = torch.addmm(k_part.index_select(0, key_rows), product, w_p.t())
-        hidden = hidden.add_(q_part.index_select(0, rows))
+        # the per-position steps keep no (pairs, d) tensor for backward (ctr_eval.pair_ops)
+        hidden = pair_first_layer(query, keys, q_part, k_part, w_p, rows, key_rows)
         scores = self.mlp.layers[1:](hidden).squeeze(-1)
         if self.use_softmax:
             dense = scores.new_full((batch, length), -1e9).index_put((rows, cols), scores)
             scores = dense.softmax(dim=-1)[rows, cols]
-        contrib = scores.unsqueeze(-1) * k_real
-        return contrib.new_zeros(batch, keys.shape[-1]).index_add(0, rows, contrib)
+        return pair_weighted_sum(scores, keys, rows, key_rows, batch)
 
     def _forward_plain(self, query: torch.Tensor, history: torch.Tensor,
                        mask: torch.Tensor) -> torch.Tensor:

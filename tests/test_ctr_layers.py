@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from ctr_eval import pair_ops
 from ctr_eval.global_batch import (MASK_PIECE, GlobalBatchDropout, ReLUThenDropout, keep_mask,
                                    set_dropout_generator)
 from ctr_eval.layers import (CrossNetV2, DINAttention, ItemEmbedding, MLPBlock,
@@ -285,3 +286,62 @@ def test_set_dropout_generator_reaches_every_dropout_layer():
     assert all(m.generator is generator for m in layers)
     set_dropout_generator(model, None)
     assert all(m.generator is None for m in layers)
+
+
+@pytest.mark.parametrize("chunk", [5, 1 << 15])  # several chunks, and one
+def test_pair_ops_equal_their_plain_formulas_forward_and_backward(monkeypatch, chunk):
+    monkeypatch.setattr(pair_ops, "CHUNK_ROWS", chunk)
+    gen = torch.Generator().manual_seed(3)
+    batch, items, d, h, pairs = 6, 9, 4, 7, 23
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+
+    query, keys, q_part, k_part, w_p, scores = leaf(batch, d), leaf(items, d), leaf(batch, h), leaf(items, h), \
+        leaf(h, d), leaf(pairs)
+    rows = torch.randint(0, batch, (pairs,), generator=gen)
+    key_rows = torch.randint(0, items, (pairs,), generator=gen)
+    inputs = (query, keys, q_part, k_part, w_p, scores)
+
+    def plain():
+        k_rows = keys[key_rows]
+        hidden = k_part[key_rows] + q_part[rows] + (query[rows] * k_rows) @ w_p.t()
+        pooled = torch.zeros(batch, d, dtype=torch.float64).index_add(0, rows, scores[:, None] * k_rows)
+        return hidden, pooled
+
+    def fused():
+        return (pair_ops.pair_first_layer(query, keys, q_part, k_part, w_p, rows, key_rows),
+                pair_ops.pair_weighted_sum(scores, keys, rows, key_rows, batch))
+
+    results = []
+    for fn in (fused, plain):
+        hidden, pooled = fn()
+        weights = torch.linspace(-1, 1, hidden.numel(), dtype=torch.float64).reshape(hidden.shape)
+        grads = torch.autograd.grad((hidden * weights).sum() + (pooled ** 2).sum(), inputs)
+        results.append((hidden.detach(), pooled.detach(), grads))
+    (h1, p1, g1), (h2, p2, g2) = results
+    torch.testing.assert_close(h1, h2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(p1, p2, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda *t: pair_ops.pair_first_layer(*t[:5], rows, key_rows), inputs[:5])
+    assert torch.autograd.gradcheck(lambda s, k: pair_ops.pair_weighted_sum(s, k, rows, key_rows, batch),
+                                    (scores, keys))
+
+
+def test_pair_ops_keep_no_per_pair_activation_for_backward():
+    # 5,000 pairs of width 64 from 10 queries and 10 keys: a plain formulation keeps the
+    # gathered keys, queries and their product (3 x 320,000 elements); these keep inputs
+    # and index lists only
+    batch, items, d, pairs = 10, 10, 64, 5000
+    query, keys = torch.randn(batch, d, requires_grad=True), torch.randn(items, d, requires_grad=True)
+    q_part, k_part = torch.randn(batch, 8, requires_grad=True), torch.randn(items, 8, requires_grad=True)
+    w_p = torch.randn(8, d, requires_grad=True)
+    rows, key_rows = torch.randint(0, batch, (pairs,)), torch.randint(0, items, (pairs,))
+    _, first = _saved_elements(lambda q: pair_ops.pair_first_layer(q, keys, q_part, k_part, w_p, rows, key_rows),
+                               query)
+    _, pooled = _saved_elements(lambda s: pair_ops.pair_weighted_sum(s, keys, rows, key_rows, batch),
+                                torch.randn(pairs, requires_grad=True))
+    assert first == 2 * batch * d + 8 * d + 2 * pairs
+    assert pooled == pairs + items * d + 2 * pairs
