@@ -295,3 +295,39 @@ def test_the_page_renders_in_headless_chromium_with_every_image_loaded(run, tmp_
     found = re.search(r'id="image-probe">IMAGES (\d+) BROKEN \[(.*?)\]<', dom)
     assert found, "the page's load handler did not run"
     assert int(found.group(1)) == len(_img_srcs(run["html"])) > 10 and found.group(2) == ""
+
+
+def _records(aucs: dict[str, float]) -> list[dict]:
+    return [{"model": "din", "embedding": name, "seed": 1, "valid_auc": auc} for name, auc in aucs.items()]
+
+
+def test_judge_notes_flag_a_judge_that_did_not_order_its_references():
+    from mmembed.recipes.results import judge_notes, summary_rows
+
+    ordered = summary_rows(_records({"provided": 0.64, "random": 0.59, "oracle": 0.75, "head": 0.70}))
+    assert judge_notes(ordered) == []
+    assert "did not order" not in format_summary(_records({"provided": 0.64, "random": 0.59, "oracle": 0.75}))
+    swapped = judge_notes(summary_rows(_records({"provided": 0.53, "random": 0.55, "oracle": 0.57, "head": 0.59})))
+    assert len(swapped) == 1
+    assert "random 0.5500 >= provided 0.5300" in swapped[0] and "head 0.5900 > oracle 0.5700" in swapped[0]
+    assert swapped[0] in format_summary(_records({"provided": 0.53, "random": 0.55, "oracle": 0.57, "head": 0.59}))
+    # without a random row there is nothing to check against; a lone model is fine
+    assert judge_notes(summary_rows(_records({"provided": 0.53, "head": 0.59}))) == []
+
+
+def test_the_report_warns_when_the_judge_ranks_random_above_provided(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    provided = float(np.mean([r["valid_auc"] for r in metrics if r["embedding"] == "provided"]))
+    warning = "did not order the reference tables (random"
+    for shift, warned in ((-0.01, False), (0.01, True)):
+        for r in metrics:
+            if r["embedding"] == "random":
+                r["valid_auc"] = provided + shift
+        (copy / "metrics.json").write_text(json.dumps(metrics))
+        index = write_report(copy)
+        html, md = index.read_text(encoding="utf-8"), (index.parent / "summary.md").read_text(encoding="utf-8")
+        # the tiny run's DIN is a free (task 2) configuration, and its rows say so
+        assert (f'<p class="warn">⚠ din (task 2) {warning}' in html) == warned
+        assert (f"**Warning**: din (task 2) {warning}" in md) == warned

@@ -29,7 +29,7 @@ import yaml
 
 from ctr_eval.format import atomic_path
 from mmembed.recipes import report_plots as plots
-from mmembed.recipes.results import SUMMARY_HEADER, spearman_note, summary_cells, summary_rows
+from mmembed.recipes.results import SUMMARY_HEADER, judge_notes, spearman_note, summary_cells, summary_rows
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,8 @@ def _html_comparison(content: dict) -> str:
         body.append("<tr>" + _cell(_e(cells[0]), True) + _cell(_name(row["embedding"], row["untrained"]), True)
                     + "".join(_cell(c) for c in cells[2:]) + "</tr>")
     note = spearman_note(content["rows"])
-    return _table(SUMMARY_HEADER, body) + (f"<p>{_e(note)}</p>" if note else "")
+    warnings = "".join(f'<p class="warn">⚠ {_e(w)}.</p>' for w in judge_notes(content["rows"]))
+    return _table(SUMMARY_HEADER, body) + warnings + (f"<p>{_e(note)}</p>" if note else "")
 
 
 def _html_knn(content: dict) -> str:
@@ -316,6 +317,7 @@ def _md_tables(content: dict) -> list[str]:
         lines += _md_table(SUMMARY_HEADER, [summary_cells(r) for r in content["rows"]])
         note = spearman_note(content["rows"])
         lines += ["", f"`-`: {NOT_COMPUTED}." + (f" {note}." if note else "")]
+        lines += [line for warning in judge_notes(content["rows"]) for line in ("", f"**Warning**: {warning}.")]
     else:
         lines.append(f"Comparison table: {NOT_COMPUTED} (no CTR results).")
     lines += ["", "## Neighbour checks", ""]

@@ -9,7 +9,7 @@ import numpy as np
 
 from ctr_eval.format import atomic_path, write_json
 
-__all__ = ["write_results", "summary_rows", "summary_cells", "spearman_note", "format_summary",
+__all__ = ["write_results", "summary_rows", "summary_cells", "spearman_note", "judge_notes", "format_summary",
            "spearman", "SUMMARY_HEADER"]
 
 _COLUMNS = ("embedding", "model", "seed", "valid_auc", "valid_logloss", "test_auc", "rare_test_auc",
@@ -88,13 +88,34 @@ def spearman_note(rows: list[dict]) -> str | None:
             f"the {len(rows)} rows: {rho:.2f}")
 
 
+def judge_notes(rows: list[dict]) -> list[str]:
+    """A warning per CTR model whose valid AUCs did not order the reference rows of
+    :func:`summary_rows` as they must be (random below provided and below oracle, oracle
+    on top): then that model's differences in this run are noise, not a ranking."""
+    notes = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        auc = {r["embedding"]: r["mean"].get("valid_auc") for r in rows if r["model"] == model}
+        auc = {k: v for k, v in auc.items() if v is not None}
+        problems = []
+        if "random" in auc:
+            problems += [f"random {auc['random']:.4f} >= {ref} {auc[ref]:.4f}"
+                         for ref in ("provided", "oracle") if ref in auc and auc[ref] <= auc["random"]]
+        if "oracle" in auc:
+            problems += [f"{name} {value:.4f} > oracle {auc['oracle']:.4f}"
+                         for name, value in auc.items() if value > auc["oracle"]]
+        if problems:
+            notes.append(f"{model} did not order the reference tables ({'; '.join(problems)}): in this run "
+                         "its AUC differences are within its noise, not a ranking; more training "
+                         "(max_epochs, train_rows) or more seeds settle them")
+    return notes
+
+
 def format_summary(records: list[dict]) -> str:
     rows = summary_rows(records)
     lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + " --- |" * len(SUMMARY_HEADER)]
     lines += ["| " + " | ".join(summary_cells(row)) + " |" for row in rows]
-    note = spearman_note(rows)
-    if note is not None:
-        lines += ["", note]
+    notes = judge_notes(rows) + [note for note in [spearman_note(rows)] if note]
+    lines += [line for note in notes for line in ("", note)]
     return "\n".join(lines)
 
 
