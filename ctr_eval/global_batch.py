@@ -143,8 +143,10 @@ class _ReLUThenScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (out,) = ctx.saved_tensors
-        # out > 0 exactly where x > 0 and the position was kept: there d out / dx = scale
-        return torch.where(out > 0, grad, 0.0).mul_(ctx.scale), None, None
+        # out > 0 exactly where x > 0 and the position was kept: there d out / dx = scale.
+        # ReLU's own backward kernel (grad where out > 0, else 0): the same values as
+        # torch.where(out > 0, grad, 0.0), several times faster on CPU
+        return torch.ops.aten.threshold_backward(grad, out, 0.0).mul_(ctx.scale), None, None
 
 
 class ReLUThenDropout(GlobalBatchDropout):
