@@ -36,12 +36,16 @@ class _PairFirstLayer(torch.autograd.Function):
     def forward(ctx: Any, query: torch.Tensor, keys: torch.Tensor, q_part: torch.Tensor,
                 k_part: torch.Tensor, w_p: torch.Tensor, rows: torch.Tensor,
                 key_rows: torch.Tensor) -> torch.Tensor:
+        # the matmul runs in q_part's dtype: bfloat16 or float16 when it came from a Linear
+        # under autocast (as the plain formulation's addmm would), else float32
+        dtype = q_part.dtype
+        weight = w_p.to(dtype)
         hidden = q_part.new_empty(rows.numel(), q_part.shape[1])
         for part in _chunks(rows.numel()):
             r, kr = rows[part], key_rows[part]
-            product = query.index_select(0, r) * keys.index_select(0, kr)
+            product = (query.index_select(0, r) * keys.index_select(0, kr)).to(dtype)
             out = hidden[part]
-            torch.addmm(k_part.index_select(0, kr), product, w_p.t(), out=out)
+            torch.addmm(k_part.index_select(0, kr).to(dtype), product, weight.t(), out=out)
             out.add_(q_part.index_select(0, r))
         ctx.save_for_backward(query, keys, w_p, rows, key_rows)
         ctx.shapes = (q_part.shape[0], k_part.shape[0])
@@ -61,13 +65,18 @@ class _PairFirstLayer(torch.autograd.Function):
         grad_query = torch.zeros_like(query) if need_query else None
         grad_keys = torch.zeros_like(keys) if need_keys else None
         grad_w_p = torch.zeros_like(w_p) if need_w_p else None
+        dtype = grad_hidden.dtype  # the forward's matmul dtype; gradients sum in the inputs' own
+        weight = w_p.to(dtype)
         if need_query or need_keys or need_w_p:
             for part in _chunks(rows.numel()):
                 r, kr, g = rows[part], key_rows[part], grad_hidden[part]
                 q_rows, k_rows = query.index_select(0, r), keys.index_select(0, kr)
                 if need_w_p:
-                    grad_w_p.addmm_(g.t(), q_rows * k_rows)
-                grad_product = g @ w_p
+                    if dtype == grad_w_p.dtype:
+                        grad_w_p.addmm_(g.t(), q_rows * k_rows)
+                    else:
+                        grad_w_p.add_(g.t() @ (q_rows * k_rows).to(dtype))
+                grad_product = (g @ weight).to(query.dtype)
                 if need_query:
                     grad_query.index_add_(0, r, grad_product * k_rows)
                 if need_keys:
@@ -98,7 +107,7 @@ class _PairWeightedSum(torch.autograd.Function):
             g_rows = grad_out.index_select(0, rows[part])
             if need_scores:
                 k_rows = keys.index_select(0, key_rows[part])
-                torch.sum(g_rows * k_rows, dim=1, out=grad_scores[part])
+                grad_scores[part] = (g_rows * k_rows).sum(dim=1)
             if need_keys:
                 grad_keys.index_add_(0, key_rows[part], g_rows.mul_(scores[part].unsqueeze(1)))
         return grad_scores, grad_keys, None, None, None

@@ -345,3 +345,22 @@ def test_pair_ops_keep_no_per_pair_activation_for_backward():
                                 torch.randn(pairs, requires_grad=True))
     assert first == 2 * batch * d + 8 * d + 2 * pairs
     assert pooled == pairs + items * d + 2 * pairs
+
+
+def test_exact_attention_runs_under_bf16_autocast_like_the_plain_form():
+    layer = _attention().float().train(False)
+    query, keys, key_index, mask = (t.float() if t.is_floating_point() else t for t in _attention_inputs(4))
+    outs, grads = [], []
+    for impl in ("exact", "plain"):
+        q, k = query.clone().requires_grad_(True), keys.clone().requires_grad_(True)
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(q, k, key_index, mask, impl=impl)
+        out.float().sum().backward()
+        outs.append(out.float().detach())
+        grads.append([q.grad, k.grad, layer.first_layer.weight.grad])
+    assert outs[0].abs().max() > 1 and all(g.abs().max() > 1 for g in grads[0])  # tolerances well below the values
+    assert all(g.dtype == torch.float32 for g in grads[0])  # gradients in each input's dtype
+    torch.testing.assert_close(outs[0], outs[1], rtol=0.05, atol=0.05)
+    for exact, plain in zip(*grads):
+        torch.testing.assert_close(exact, plain, rtol=0.1, atol=0.1)
