@@ -192,8 +192,7 @@ def run_child(cmd: list[str], label: str, log_file: Path) -> dict[str, Any]:
     with tempfile.TemporaryFile("w+") as out, open(log_file, "w") as err:
         began = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, _ = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()
         wall = time.perf_counter() - began
         out.seek(0)
         lines = [line for line in out.read().splitlines() if line.strip()]
