@@ -66,11 +66,12 @@ def load_truth(root: Path, item_ids: np.ndarray) -> tuple[np.ndarray, dict[str, 
     return latent[item_ids], blocks
 
 
-def ridge_r2(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(held-out R^2 over all columns of y, chosen alpha): first 80% train, rest test."""
+def ridge_predict(x: np.ndarray, y: np.ndarray, cut: int) -> tuple[np.ndarray, float]:
+    """(predictions for rows ``cut:``, chosen alpha) of a ridge regression fitted on rows
+    ``:cut``: columns standardised with the training rows' statistics, the penalty chosen
+    on them by leave-one-out error."""
     from sklearn.linear_model import RidgeCV
 
-    cut = int(TRAIN_FRACTION * len(x))
     if cut < 2 or len(x) - cut < 2:
         raise ValueError(f"the probe needs at least 10 items with features, got {len(x)}")
     mean = x[:cut].mean(axis=0)
@@ -78,10 +79,19 @@ def ridge_r2(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     scale[scale == 0] = 1.0
     z = (x - mean) / scale
     model = RidgeCV(alphas=ALPHAS).fit(z[:cut], y[:cut])
-    pred = model.predict(z[cut:])
-    resid = ((pred - y[cut:]) ** 2).sum()
-    total = ((y[cut:] - y[cut:].mean(axis=0)) ** 2).sum()
-    return float(1.0 - resid / total), float(model.alpha_)
+    return model.predict(z[cut:]), float(model.alpha_)
+
+
+def r2_score(pred: np.ndarray, y: np.ndarray) -> float:
+    """R^2 over all columns of ``y`` together."""
+    return float(1.0 - ((pred - y) ** 2).sum() / ((y - y.mean(axis=0)) ** 2).sum())
+
+
+def ridge_r2(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(held-out R^2 over all columns of y, chosen alpha): first 80% train, rest test."""
+    cut = int(TRAIN_FRACTION * len(x))
+    pred, alpha = ridge_predict(x, y, cut)
+    return r2_score(pred, y[cut:]), alpha
 
 
 def probe_encoder(spec: Any, catalog: Any, latent: np.ndarray, blocks: dict[str, tuple[int, int]],

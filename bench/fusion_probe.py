@@ -1,0 +1,149 @@
+"""What each fusion-table row's item table holds of the synthetic truth (ridge probe).
+
+    python bench/fusion_probe.py                        # every row of the fusion table, seed 1
+    python bench/fusion_probe.py --rows contrastive,gated --seed 2
+    python bench/fusion_probe.py --print-only           # the table from the results file
+
+The fusion table (bench/fusion_table.py) says how far each table gets under the fixed
+DIN; this says why. For each row it takes the (N+1, 128) table the DIN was trained with
+(``item_table.pt`` in the row's run folder under ``--work-dir``; a row without one is
+built as bench/fusion_table.py builds it, fitting the head, unless ``--no-fit``) and fits
+a ridge regression from the table to each block of the generator's latent item vectors
+(``oracle/latent_layout.json``: text_only, shared, image_only, collab), exactly as
+bench/encoder_probe.py does for raw features: standardised columns, penalty by
+leave-one-out on the training part. Training part: a seeded random 80% of the items;
+held-out R^2 over the other 20%, on all of them and separately on the items seen at
+least 5 times as a train target ("frequent") and fewer ("rare", the fusion table's
+split). The collab block shows in no content, so only behaviour (a head's residual) can
+put it into a table; a content-only head's ceiling there is 0.
+
+Results are kept in ``--results-file`` (default bench/results/fusion_probe.json, written
+atomically after each row), so the table fills over several sittings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from encoder_probe import r2_score, ridge_predict
+from fusion_table import DEFAULT_ENCODERS, DEFAULT_HEADS, DEFAULT_WORK, REFERENCE_ROWS, ensure_root, row_table
+
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "fusion_probe.json"
+TRAIN_FRACTION = 0.8
+
+
+def log(message: str) -> None:
+    print(f"[fusion_probe {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=None, help="synthetic dataset root (default: fusion_table's)")
+    p.add_argument("--work-dir", default=str(DEFAULT_WORK), help="fusion_table's data, caches and run folders")
+    p.add_argument("--results-file", default=None, help=f"default {DEFAULT_RESULTS}")
+    p.add_argument("--rows", default=None, help="comma-separated rows (default: all of fusion_table's)")
+    p.add_argument("--encoders", default=",".join(DEFAULT_ENCODERS))
+    p.add_argument("--seed", type=int, default=1, help="which seed's table (default 1)")
+    p.add_argument("--no-fit", action="store_true", help="skip rows whose table is not on disk")
+    p.add_argument("--print-only", action="store_true", help="print the table, run nothing")
+    args = p.parse_args(argv)
+    args.encoders = [e for e in args.encoders.split(",") if e]
+    all_rows = [*REFERENCE_ROWS, *(f"pca:{e}" for e in args.encoders), *DEFAULT_HEADS]
+    args.rows = all_rows if args.rows is None else [r for r in args.rows.split(",") if r]
+    unknown = [r for r in args.rows if r not in all_rows]
+    if unknown:
+        p.error(f"unknown row(s) {unknown}; valid: {all_rows}")
+    args.work_dir = Path(args.work_dir)
+    args.results_file = Path(args.results_file or DEFAULT_RESULTS)
+    return args
+
+
+def stored_table(run_dir: Path) -> np.ndarray | None:
+    """The table a finished DIN run was trained with, or None."""
+    path = run_dir / "item_table.pt"
+    if not path.is_file():
+        return None
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)["emb"].numpy()
+
+
+def probe_table(table: np.ndarray, latent: np.ndarray, blocks: dict[str, tuple[int, int]],
+                frequent: np.ndarray, seed: int = 0) -> dict[str, dict[str, float]]:
+    """{block: {"all"|"frequent"|"rare": held-out R^2}} of a ridge probe from ``table``
+    (rows 1..N) to each latent block; ``frequent`` marks rows 1..N."""
+    items = np.arange(1, len(table))
+    order = np.random.default_rng(seed).permutation(items)
+    x, y, freq = table[order].astype(np.float64), latent[order].astype(np.float64), frequent[order - 1]
+    cut = int(TRAIN_FRACTION * len(order))
+    out: dict[str, dict[str, float]] = {}
+    for name, (lo, hi) in blocks.items():
+        pred, _ = ridge_predict(x, y[:, lo:hi], cut)
+        truth = y[cut:, lo:hi]
+        out[name] = {part: r2_score(pred[m], truth[m]) if m.sum() > 1 else float("nan")
+                     for part, m in (("all", np.ones(len(truth), bool)), ("frequent", freq[cut:]),
+                                     ("rare", ~freq[cut:]))}
+    return out
+
+
+def run_missing(args: argparse.Namespace) -> dict:
+    from ctr_eval.format import write_json
+    from mmembed.recipes.tables import RARE_BELOW, load_truth
+
+    results = json.loads(args.results_file.read_text()) if args.results_file.is_file() else {}
+    root = Path(args.root) if args.root else ensure_root(args)
+    truth = load_truth(root)
+    layout = json.loads((root / "oracle" / "latent_layout.json").read_text())
+    blocks = {name: (int(lo), int(hi)) for name, (lo, hi) in layout["blocks"].items()}
+    frequent = truth.train_target_counts[1:] >= RARE_BELOW
+    for row in args.rows:
+        key = f"{row}|{args.seed}"
+        if key in results:
+            continue
+        table = stored_table(args.work_dir / "runs" / row.replace(":", "_") / f"seed{args.seed}")
+        source = "DIN run folder"
+        if table is None:
+            if args.no_fit:
+                log(f"{row}: no stored table for seed {args.seed}, skipped (--no-fit)")
+                continue
+            log(f"{row}: building the table (seed {args.seed})")
+            table, _, _ = row_table(row, root, truth, args, args.seed)
+            table = truth.provided if table is None else table
+            source = "built"
+        results[key] = {"row": row, "seed": args.seed, "source": source, "frequent_items": int(frequent.sum()),
+                        "r2": probe_table(np.asarray(table), truth.latent, blocks, frequent)}
+        write_json(args.results_file, results)
+        log(f"{row}: probed ({source})")
+    return results
+
+
+def format_table(results: dict, rows: list[str], seed: int) -> str:
+    """Held-out R^2 per block, as all / frequent / rare items."""
+    recs = [results[f"{r}|{seed}"] for r in rows if f"{r}|{seed}" in results]
+    if not recs:
+        return "(no results)"
+    blocks = list(recs[0]["r2"])
+    lines = ["| row | " + " | ".join(blocks) + " |", "| --- |" + " --- |" * len(blocks)]
+    for rec in recs:
+        cells = [" / ".join(f"{rec['r2'][b][p]:.2f}" for p in ("all", "frequent", "rare")) for b in blocks]
+        lines.append(f"| {rec['row']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = (json.loads(args.results_file.read_text()) if args.results_file.is_file() else {}) \
+        if args.print_only else run_missing(args)
+    print(f"Held-out R^2 of each latent block from the row's table (seed {args.seed}), "
+          "all / frequent / rare items:\n")
+    print(format_table(results, args.rows, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
