@@ -7,7 +7,7 @@
 The fusion table (bench/fusion_table.py) says how far each table gets under the fixed
 DIN; this says why. For each row it takes the (N+1, 128) table the DIN was trained with
 (``item_table.pt`` in the row's run folder under ``--work-dir``; a row without one is
-built as bench/fusion_table.py builds it, fitting the head, unless ``--no-fit``) and fits
+built as bench/fusion_table.py builds it, fitting the head unless ``--no-fit``) and fits
 a ridge regression from the table to each block of the generator's latent item vectors
 (``oracle/latent_layout.json``: text_only, shared, image_only, collab), exactly as
 bench/encoder_probe.py does for raw features: standardised columns, penalty by
@@ -16,6 +16,11 @@ held-out R^2 over the other 20%, on all of them and separately on the items seen
 least 5 times as a train target ("frequent") and fewer ("rare", the fusion table's
 split). The collab block shows in no content, so only behaviour (a head's residual) can
 put it into a table; a content-only head's ceiling there is 0.
+
+A probe asks what a table *holds*, not how it is laid out; the DIN compares items through
+their vectors, so the second column is about layout: the history-cosine AUC of
+bench/history_proxy.py (cosine of a validation row's mean history vector and its
+target's vector, scored against the label), which needs no training.
 
 Results are kept in ``--results-file`` (default bench/results/fusion_probe.json, written
 atomically after each row), so the table fills over several sittings.
@@ -31,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from encoder_probe import r2_score, ridge_predict
+from history_proxy import history_proxy_auc
 from fusion_table import DEFAULT_ENCODERS, DEFAULT_HEADS, DEFAULT_WORK, REFERENCE_ROWS, ensure_root, row_table
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "fusion_probe.json"
@@ -49,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", default=None, help="comma-separated rows (default: all of fusion_table's)")
     p.add_argument("--encoders", default=",".join(DEFAULT_ENCODERS))
     p.add_argument("--seed", type=int, default=1, help="which seed's table (default 1)")
-    p.add_argument("--no-fit", action="store_true", help="skip rows whose table is not on disk")
+    p.add_argument("--no-fit", action="store_true",
+                   help="skip head rows whose table is not on disk (reference rows are always built)")
     p.add_argument("--print-only", action="store_true", help="print the table, run nothing")
     args = p.parse_args(argv)
     args.encoders = [e for e in args.encoders.split(",") if e]
@@ -101,6 +108,7 @@ def run_missing(args: argparse.Namespace) -> dict:
     layout = json.loads((root / "oracle" / "latent_layout.json").read_text())
     blocks = {name: (int(lo), int(hi)) for name, (lo, hi) in layout["blocks"].items()}
     frequent = truth.train_target_counts[1:] >= RARE_BELOW
+    items = np.arange(1, len(truth.train_target_counts))
     for row in args.rows:
         key = f"{row}|{args.seed}"
         if key in results:
@@ -108,7 +116,7 @@ def run_missing(args: argparse.Namespace) -> dict:
         table = stored_table(args.work_dir / "runs" / row.replace(":", "_") / f"seed{args.seed}")
         source = "DIN run folder"
         if table is None:
-            if args.no_fit:
+            if args.no_fit and row not in REFERENCE_ROWS:
                 log(f"{row}: no stored table for seed {args.seed}, skipped (--no-fit)")
                 continue
             log(f"{row}: building the table (seed {args.seed})")
@@ -116,7 +124,8 @@ def run_missing(args: argparse.Namespace) -> dict:
             table = truth.provided if table is None else table
             source = "built"
         results[key] = {"row": row, "seed": args.seed, "source": source, "frequent_items": int(frequent.sum()),
-                        "r2": probe_table(np.asarray(table), truth.latent, blocks, frequent)}
+                        "r2": probe_table(np.asarray(table), truth.latent, blocks, frequent),
+                        "history_cosine_auc": history_proxy_auc(np.asarray(table)[1:], items, root)}
         write_json(args.results_file, results)
         log(f"{row}: probed ({source})")
     return results
@@ -128,10 +137,11 @@ def format_table(results: dict, rows: list[str], seed: int) -> str:
     if not recs:
         return "(no results)"
     blocks = list(recs[0]["r2"])
-    lines = ["| row | " + " | ".join(blocks) + " |", "| --- |" + " --- |" * len(blocks)]
+    lines = ["| row | history-cosine AUC | " + " | ".join(blocks) + " |", "| --- | --- |" + " --- |" * len(blocks)]
     for rec in recs:
         cells = [" / ".join(f"{rec['r2'][b][p]:.2f}" for p in ("all", "frequent", "rare")) for b in blocks]
-        lines.append(f"| {rec['row']} | " + " | ".join(cells) + " |")
+        proxy = f"{rec['history_cosine_auc']:.3f}" if "history_cosine_auc" in rec else "-"
+        lines.append(f"| {rec['row']} | {proxy} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -139,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = (json.loads(args.results_file.read_text()) if args.results_file.is_file() else {}) \
         if args.print_only else run_missing(args)
-    print(f"Held-out R^2 of each latent block from the row's table (seed {args.seed}), "
-          "all / frequent / rare items:\n")
+    print(f"Seed {args.seed}'s table per row: history-cosine AUC on valid rows; held-out R^2 of each "
+          "latent block, all / frequent / rare items:\n")
     print(format_table(results, args.rows, args.seed))
     return 0
 
