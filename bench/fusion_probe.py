@@ -37,7 +37,8 @@ import numpy as np
 
 from encoder_probe import r2_score, ridge_predict
 from history_proxy import history_proxy_auc
-from fusion_table import DEFAULT_ENCODERS, DEFAULT_HEADS, DEFAULT_WORK, REFERENCE_ROWS, ensure_root, row_table
+from fusion_table import (DEFAULT_ENCODERS, DEFAULT_HEADS, DEFAULT_WORK, REFERENCE_ROWS, ensure_root,
+                          finish_row_args, row_table)
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "fusion_probe.json"
 TRAIN_FRACTION = 0.8
@@ -58,16 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-fit", action="store_true",
                    help="skip head rows whose table is not on disk (reference rows are always built)")
     p.add_argument("--print-only", action="store_true", help="print the table, run nothing")
-    args = p.parse_args(argv)
-    args.encoders = [e for e in args.encoders.split(",") if e]
-    all_rows = [*REFERENCE_ROWS, *(f"pca:{e}" for e in args.encoders), *DEFAULT_HEADS]
-    args.rows = all_rows if args.rows is None else [r for r in args.rows.split(",") if r]
-    unknown = [r for r in args.rows if r not in all_rows]
-    if unknown:
-        p.error(f"unknown row(s) {unknown}; valid: {all_rows}")
-    args.work_dir = Path(args.work_dir)
-    args.results_file = Path(args.results_file or DEFAULT_RESULTS)
-    return args
+    return finish_row_args(p, p.parse_args(argv), list(DEFAULT_HEADS), DEFAULT_RESULTS)
 
 
 def stored_table(run_dir: Path) -> np.ndarray | None:

@@ -68,15 +68,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--print-only", action="store_true", help="print the table, run nothing")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    return finish_row_args(p, args, [h for h in args.heads.split(",") if h], DEFAULT_RESULTS)
+
+
+def finish_row_args(p: argparse.ArgumentParser, args: argparse.Namespace, heads: list[str],
+                    default_results: Path) -> argparse.Namespace:
+    """Encoders and rows as lists (unknown rows are a usage error), paths as Paths."""
     args.encoders = [e for e in args.encoders.split(",") if e]
-    all_rows = [*REFERENCE_ROWS, *(f"pca:{e}" for e in args.encoders),
-                *(h for h in args.heads.split(",") if h)]
+    all_rows = [*REFERENCE_ROWS, *(f"pca:{e}" for e in args.encoders), *heads]
     args.rows = all_rows if args.rows is None else [r for r in args.rows.split(",") if r]
     unknown = [r for r in args.rows if r not in all_rows]
     if unknown:
         p.error(f"unknown row(s) {unknown}; valid: {all_rows}")
     args.work_dir = Path(args.work_dir)
-    args.results_file = Path(args.results_file or DEFAULT_RESULTS)
+    args.results_file = Path(args.results_file or default_results)
     return args
 
 
