@@ -67,7 +67,7 @@ def main() -> None:
         vectors = head.fit_transform(features, sequences)
         seconds = time.perf_counter() - start
         auc = history_proxy_auc(vectors, ids, args.data)
-        extra = f" best epoch {head.best_epoch_}/{len(head.history_)}" if hasattr(head, "best_epoch_") else ""
+        extra = f" best step {head.best_step_}/{head.steps_}" if hasattr(head, "best_step_") else ""
         print(f"{json.dumps(spec) if isinstance(spec, dict) else spec:22s} proxy AUC {auc:.4f}  "
               f"({seconds:.0f} s{extra})", flush=True)
         if args.save:

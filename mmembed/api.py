@@ -34,6 +34,7 @@ __all__ = [
 
 EMBEDDINGS_FILE = "embeddings.npz"
 PROVENANCE_FILE = "provenance.json"
+_MAP_ROWS = 1 << 16  # history rows mapped to catalog rows at once
 
 
 @dataclass
@@ -174,7 +175,7 @@ def extract(
     """
     built, labels, head = _build_models(encoders, fusion, dim)
     catalog, source_dir, source = _as_catalog(data, images, progress)
-    sequences, sequence_record = _head_sequences(head, sequences, catalog, source_dir, source)
+    sequences, sequence_record = _head_sequences(head, sequences, catalog, source_dir, source, progress)
 
     fingerprint = catalog.fingerprint()  # stats every image file: once, not per encoder
     features = _encode_all(
@@ -227,7 +228,7 @@ def check_widths(head: Any, widths: Mapping[str, int], dim: int | None) -> None:
 
 
 def _head_sequences(head: Any, sequences: Any, catalog: Any, source_dir: Path | None,
-                    source: str) -> tuple[Any, dict[str, Any] | None]:
+                    source: str, progress: bool = False) -> tuple[Any, dict[str, Any] | None]:
     """(the sequences the fusion head is fitted with, a provenance record of them).
 
     A head that learns from histories gets ``sequences`` when given, else the train
@@ -243,29 +244,37 @@ def _head_sequences(head: Any, sequences: Any, catalog: Any, source_dir: Path | 
             f"fusion {head.name!r} learns from train histories, but the items come from {source}, "
             "which has none: pass a dataset folder (its train.parquet and item_seq.parquet are "
             "read) or sequences=(n, L) rows of the catalog")
-    from mmembed.datasets.interactions import load_train_histories
+    from mmembed.datasets.histories import HEAD_MAX_HISTORIES, load_train_histories
 
-    histories = load_train_histories(source_dir)
+    histories = load_train_histories(source_dir, max_histories=HEAD_MAX_HISTORIES, progress=progress)
     rows = history_rows(histories.item_seq, catalog.item_ids)
     return rows, {"source": [str(p) for p in histories.sources], "rows_read": histories.rows_read,
-                  "n_histories": int(len(rows))}
+                  "distinct": histories.distinct, "n_histories": int(len(rows))}
 
 
 def history_rows(item_seq: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
     """Histories of item ids as histories of catalog rows: id -> 1 + its row in
-    ``item_ids`` (0 stays padding). Ids the catalog lacks become 0 too, with a warning."""
+    ``item_ids`` (0 stays padding). Ids the catalog lacks become 0 too, with a warning.
+    int32 when the catalog's rows fit (they do below 2**31 items), mapped in chunks."""
     ids = np.asarray(item_ids, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
-    where = np.clip(np.searchsorted(sorted_ids, item_seq), 0, max(len(ids) - 1, 0))
-    found = (item_seq != 0) & (sorted_ids[where] == item_seq) if len(ids) else np.zeros(item_seq.shape, bool)
-    unknown = (item_seq != 0) & ~found
-    if unknown.any():
-        examples = np.unique(item_seq[unknown])[:5].tolist()
+    out = np.zeros(item_seq.shape, np.int32 if len(ids) < np.iinfo(np.int32).max else np.int64)
+    unknown_ids, n_unknown = [], 0
+    for start in range(0, len(item_seq), _MAP_ROWS):
+        chunk = np.asarray(item_seq[start: start + _MAP_ROWS], dtype=np.int64)
+        where = np.clip(np.searchsorted(sorted_ids, chunk), 0, max(len(ids) - 1, 0))
+        found = (chunk != 0) & (sorted_ids[where] == chunk) if len(ids) else np.zeros(chunk.shape, bool)
+        out[start: start + len(chunk)] = np.where(found, order[where] + 1, 0)
+        unknown = (chunk != 0) & ~found
+        if unknown.any():
+            n_unknown += int(unknown.sum())
+            unknown_ids.append(np.unique(chunk[unknown]))
+    if n_unknown:
+        distinct = np.unique(np.concatenate(unknown_ids))
         logger.warning("train histories: %d click(s) on %d item id(s) absent from the catalog "
-                       "(e.g. %s) are left out", int(unknown.sum()), len(np.unique(item_seq[unknown])),
-                       examples)
-    return np.where(found, order[where] + 1, 0).astype(np.int64)
+                       "(e.g. %s) are left out", n_unknown, len(distinct), distinct[:5].tolist())
+    return out
 
 
 def _encode_all(built: list[Any], labels: list[str], catalog: Any, fingerprint: str,

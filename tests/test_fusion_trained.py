@@ -2,6 +2,7 @@
 extract feeds them (train histories only)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -14,17 +15,18 @@ import torch
 
 from mmembed.api import extract, history_rows
 from mmembed.datasets import MissingFileError
-from mmembed.datasets.interactions import load_train_histories
+from mmembed.datasets.histories import load_train_histories
 from mmembed.fusion import create_fusion, load_fusion
-from mmembed.fusion._train_loop import (LoopOptions, WindowSampler, count_log_q, info_nce, item_counts,
-                                        split_histories, window_pairs)
+from mmembed.fusion._pairs import WindowSampler, count_log_q, item_counts, split_histories, window_pairs
+from mmembed.fusion._train_loop import LoopOptions, info_nce
 from mmembed.fusion.contrastive import ContrastiveFusion
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_CLUSTERS, PER_CLUSTER = 6, 20
 N_ITEMS = N_CLUSTERS * PER_CLUSTER
-FAST = {"dim": 8, "hidden": 32, "epochs": 6, "batch_size": 128, "patience": 6, "residual": False}
+# about 17 steps a pass over the planted histories' pairs
+FAST = {"dim": 8, "hidden": 32, "max_steps": 100, "batch_size": 128, "patience": 6, "residual": False}
 
 
 # -- planted data: items in clusters, histories within a cluster -----------------------------
@@ -94,19 +96,26 @@ def test_items_absent_from_every_history_still_get_content_vectors(planted_fit):
 
 def test_training_history_and_early_stopping(planted_fit):
     head, *_ = planted_fit
-    assert [h["epoch"] for h in head.history_] == list(range(1, len(head.history_) + 1))
+    # evaluated after every pass (about 17 steps here) and once more when the budget ends
+    steps = [h["step"] for h in head.history_]
+    assert [h["pass"] for h in head.history_[:-1]] == list(range(1, len(head.history_)))
+    assert steps[-1] == head.steps_ == 100 and head.stopped_ == "max_steps"
+    assert steps == sorted(steps) and 14 <= steps[0] <= 20
     assert head.history_[-1]["train_loss"] < head.history_[0]["train_loss"]
-    assert head.n_held_out_pairs_ > 0 and 1 <= head.best_epoch_ <= len(head.history_)
+    assert head.n_held_out_pairs_ > 0 and head.best_step_ in steps
     features, histories, _ = _planted()
-    # A learning rate that wrecks the network after the first epochs: held-out loss rises,
-    # training stops `patience` epochs after the best one and keeps the best weights.
-    wild = ContrastiveFusion(**{**FAST, "epochs": 12, "learning_rate": 3.0, "patience": 2}).fit(features, histories)
+    # A learning rate that wrecks the network after the first passes: held-out loss rises,
+    # training stops `patience` evaluations after the best one and keeps the best weights.
+    wild = ContrastiveFusion(**{**FAST, "max_steps": 240, "eval_every": 10, "learning_rate": 3.0,
+                                "patience": 2}).fit(features, histories)
+    assert [h["step"] for h in wild.history_] == list(range(10, 10 * len(wild.history_) + 1, 10))
+    best = min(h["held_out_loss"] for h in wild.history_)
+    at_best = [h["step"] for h in wild.history_].index(wild.best_step_)
+    assert wild.history_[at_best]["held_out_loss"] == best
     if wild.stopped_ == "early_stop":
-        assert len(wild.history_) == wild.best_epoch_ + 2
-        best = min(h["held_out_loss"] for h in wild.history_)
-        assert wild.history_[wild.best_epoch_ - 1]["held_out_loss"] == best
-    else:  # never got worse twice in a row: then it ran every epoch
-        assert len(wild.history_) == 12
+        assert len(wild.history_) == at_best + 3 and wild.steps_ < 240
+    else:  # never got worse twice in a row: then it spent the whole budget
+        assert wild.steps_ == 240
 
 
 def test_residual_shrinks_rare_items_and_stays_off_unseen_ones():
@@ -131,7 +140,7 @@ def test_residual_shrinks_rare_items_and_stays_off_unseen_ones():
 def test_residual_ties_the_head_to_the_fit_rows(planted_fit):
     features, histories, _ = _planted()
     fewer = {k: v[:50] for k, v in features.items()}
-    with_residual = ContrastiveFusion(**{**FAST, "epochs": 1, "residual": True}).fit(features, histories)
+    with_residual = ContrastiveFusion(**{**FAST, "max_steps": 17, "residual": True}).fit(features, histories)
     with pytest.raises(ValueError, match=r"fitted with residual=True on 120 items, got 50"):
         with_residual.transform(fewer)
     with pytest.raises(ValueError, match="residual=False"):
@@ -142,12 +151,98 @@ def test_residual_ties_the_head_to_the_fit_rows(planted_fit):
 
 def test_save_and_load_keep_the_residual(tmp_path):
     features, histories, _ = _planted()
-    head = ContrastiveFusion(**{**FAST, "epochs": 2, "residual": True}).fit(features, histories)
+    head = ContrastiveFusion(**{**FAST, "max_steps": 34, "residual": True}).fit(features, histories)
     head.save(tmp_path / "head")
     loaded = load_fusion(tmp_path / "head")
     np.testing.assert_array_equal(loaded.transform(features), head.transform(features))
     np.testing.assert_array_equal(loaded.residual_vectors(), head.residual_vectors())
-    assert loaded.history_ == head.history_ and loaded.best_epoch_ == head.best_epoch_
+    assert loaded.history_ == head.history_ and loaded.best_step_ == head.best_step_
+    assert loaded.steps_ == head.steps_ == 34
+
+
+def test_a_head_saved_before_step_budgets_still_loads(tmp_path):
+    # heads of mmembed <= 0.x counted epochs: `epochs` among the parameters, `best_epoch`
+    # in the state; they load, and transform as before
+    features, histories, _ = _planted()
+    head = ContrastiveFusion(**{**FAST, "max_steps": 34, "residual": True}).fit(features, histories)
+    head.save(tmp_path / "head")
+    config_path = tmp_path / "head" / "fusion.json"
+    config = json.loads(config_path.read_text())
+    for name in ("max_steps", "eval_every", "checkpoint_dir"):
+        del config["params"][name]
+    config["params"]["epochs"] = 10
+    config["state"]["best_epoch"] = 2
+    for name in ("best_step", "steps"):
+        del config["state"][name]
+    config_path.write_text(json.dumps(config))
+    old = load_fusion(tmp_path / "head")
+    np.testing.assert_array_equal(old.transform(features), head.transform(features))
+    assert old.best_step_ == 2 and old.max_steps == 15_000
+
+
+# -- step budget, determinism, resume ----------------------------------------------------------------
+RESUMABLE = {**FAST, "max_steps": 70, "eval_every": 10, "residual": True}
+
+
+class _Killed(Exception):
+    pass
+
+
+def _fit_killed_at(step: int, features, histories, checkpoint_dir) -> None:
+    """Fit until ``step`` training steps were taken in this call, then die as a killed run would."""
+    from mmembed.fusion import _train_loop
+
+    original, calls = _train_loop._Run._train_step, []
+
+    def dying(run, batch):
+        calls.append(1)
+        if len(calls) > step:
+            raise _Killed
+        original(run, batch)
+
+    _train_loop._Run._train_step = dying
+    try:
+        with pytest.raises(_Killed):
+            ContrastiveFusion(**RESUMABLE, checkpoint_dir=str(checkpoint_dir)).fit(features, histories)
+    finally:
+        _train_loop._Run._train_step = original
+
+
+def test_a_step_budget_fit_is_deterministic_and_resumes_identically(tmp_path):
+    features, histories, _ = _planted()
+    straight = ContrastiveFusion(**RESUMABLE).fit(features, histories)
+    again = ContrastiveFusion(**RESUMABLE).fit(features, histories)
+    np.testing.assert_array_equal(again.transform(features), straight.transform(features))
+    assert straight.steps_ == 70 and len(straight.history_) == 7
+    # killed after step 37 (last checkpoint: step 30), then again after 25 more steps
+    # (last checkpoint: step 60): the third run finishes where a straight run ends
+    _fit_killed_at(37, features, histories, tmp_path)
+    assert (tmp_path / "fit_checkpoint.pt").is_file()
+    _fit_killed_at(25, features, histories, tmp_path)
+    resumed = ContrastiveFusion(**RESUMABLE, checkpoint_dir=str(tmp_path)).fit(features, histories)
+    np.testing.assert_array_equal(resumed.transform(features), straight.transform(features))
+    assert resumed.history_ == straight.history_ and resumed.best_step_ == straight.best_step_
+    # a finished fit's checkpoint answers a rerun without training
+    from mmembed.fusion import _train_loop
+
+    original = _train_loop._Run._train_step
+    _train_loop._Run._train_step = None  # any training step would fail
+    try:
+        rerun = ContrastiveFusion(**RESUMABLE, checkpoint_dir=str(tmp_path)).fit(features, histories)
+    finally:
+        _train_loop._Run._train_step = original
+    np.testing.assert_array_equal(rerun.transform(features), straight.transform(features))
+
+
+def test_a_checkpoint_of_other_inputs_is_not_resumed(tmp_path, caplog):
+    features, histories, _ = _planted()
+    ContrastiveFusion(**RESUMABLE, checkpoint_dir=str(tmp_path)).fit(features, histories)
+    other = histories[::-1].copy()
+    with caplog.at_level(logging.WARNING):
+        head = ContrastiveFusion(**RESUMABLE, checkpoint_dir=str(tmp_path)).fit(features, other)
+    assert "belongs to another fit" in caplog.text
+    fresh = ContrastiveFusion(**RESUMABLE).fit(features, other)
+    np.testing.assert_array_equal(head.transform(features), fresh.transform(features))
 
 
 # -- bad input ------------------------------------------------------------------------------------
@@ -174,7 +269,9 @@ def test_bad_sequences_and_parameters_are_refused():
         ({"residual_shrink": -1.0}, ValueError, "residual_shrink must be a finite number >= 0"),
         ({"logq_correction": 1.5}, ValueError, "logq_correction must be a finite number >= 0.0 and <= 1.0"),
         ({"learning_rate": 0.0}, ValueError, "learning_rate must be a finite number > 0"),
-        ({"epochs": 0}, ValueError, "contrastive: epochs must be a positive integer"),
+        ({"max_steps": 0}, ValueError, "contrastive: max_steps must be a positive integer"),
+        ({"eval_every": 0}, ValueError, "contrastive: eval_every must be a positive integer"),
+        ({"checkpoint_dir": 3}, TypeError, "checkpoint_dir must be None or a folder path"),
         ({"device": "gpu"}, ValueError, "device must be None, 'cpu' or 'cuda'"),
     ]:
         with pytest.raises(error, match=message):
@@ -239,7 +336,7 @@ def test_loop_options_are_checked():
 
 
 # -- one process or two ------------------------------------------------------------------------------
-TWO_PROCESS_PARAMS = {**FAST, "epochs": 3, "residual": True, "batch_size": 100}
+TWO_PROCESS_PARAMS = {**FAST, "max_steps": 60, "residual": True, "batch_size": 100}
 
 
 def _two_process_worker(rank: int, port: int, out_dir: str) -> None:
@@ -310,7 +407,7 @@ def test_train_histories_need_a_file_and_ids_map_to_rows(tmp_path, caplog):
 
 
 # -- through extract -----------------------------------------------------------------------------
-EXTRACT_HEAD = {"name": "contrastive", "dim": 8, "hidden": 16, "epochs": 1, "batch_size": 512}
+EXTRACT_HEAD = {"name": "contrastive", "dim": 8, "hidden": 16, "max_steps": 10, "batch_size": 512}
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ The synthetic generator lives in :mod:`mmembed.datasets.synthetic`.
 from __future__ import annotations
 
 from .catalog import ItemCatalog
+from .histories import TrainHistories, load_train_histories
 from .interactions import Interactions, UserSequences, load_interactions, load_user_sequences
 from ctr_eval.format import DatasetError, DatasetLayout, MissingFileError, find_layout
 from .summary import format_summary, summarize
@@ -12,6 +13,6 @@ from .validate import Problem, ValidationReport, validate_dataset
 
 __all__ = [
     "DatasetError", "DatasetLayout", "Interactions", "ItemCatalog", "MissingFileError",
-    "Problem", "UserSequences", "ValidationReport", "find_layout", "format_summary",
-    "load_interactions", "load_user_sequences", "summarize", "validate_dataset",
+    "Problem", "TrainHistories", "UserSequences", "ValidationReport", "find_layout", "format_summary",
+    "load_interactions", "load_train_histories", "load_user_sequences", "summarize", "validate_dataset",
 ]

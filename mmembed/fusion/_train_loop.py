@@ -4,31 +4,41 @@ Heads hand it three things:
 
 * ``module``: an ``nn.Module`` called as ``module(blocks, rows)``, where ``blocks`` is a
   list of per-encoder feature tensors for the items ``rows`` (0-based feature rows), and
-  returning one vector per row;
-* a pair sampler: ``sampler(epoch)`` gives that epoch's (query, key) pairs of feature
-  rows that belong together (:class:`WindowSampler` draws them from histories;
-  :func:`split_histories` holds some histories out for early stopping);
+  returning one vector per row; an ``nn.Embedding(sparse=True)`` inside it (a per-item
+  table) is trained with lazy Adam on the rows each step touches;
+* a pair sampler: ``sampler(pass)`` gives that pass's (query, key) pairs of feature rows
+  that belong together (:class:`~mmembed.fusion._pairs.WindowSampler` draws them from
+  histories; :func:`~mmembed.fusion._pairs.split_histories` holds some out);
 * an objective ``objective(queries, keys, positives, query_rows, key_rows, key_log_q)``
   returning one loss per query: query i's positive is ``keys[positives[i]]``, every other
   key of the global batch is a negative, and ``key_log_q`` is the log of each key's
   sampling frequency (:func:`info_nce` is the one the heads here use).
 
-It trains with Accelerate on one CPU or GPU process or several (``accelerate launch`` /
+It trains for a budget of ``max_steps`` steps, not for epochs: the pairs come pass after
+pass (each a fresh draw, shuffled), so the fit's cost does not grow with the histories.
+Every ``eval_every`` steps (default: one pass, at most 2,000 steps) the loss on held-out
+pairs (at most 200,000 of them) decides early stopping, and the best evaluation's weights
+are kept. With a ``checkpoint_dir`` the state at each evaluation is saved there, and a
+fit with the same inputs resumes from it to the same result as one never stopped.
+
+It runs with Accelerate on one CPU or GPU process or several (``accelerate launch`` /
 ``torchrun``), and several processes give the one-process result up to float rounding:
-every process builds the same global batches from (seed, epoch) and takes a contiguous
+every process builds the same global batches from (seed, pass) and takes a contiguous
 share of the pairs; the keys are gathered from all processes (gradients flow back through
 the gather), each process scores its own queries against the whole global batch, and the
-loss is scaled so that DDP's gradient average equals the gradient of the global-batch mean.
-After each epoch the loss on the held-out pairs decides early stopping; the best epoch's
-weights are kept. This is not ctr_eval's trainer: the judge stays separate.
+loss is scaled so that DDP's gradient average equals the gradient of the global-batch mean
+(sparse per-item gradients are summed across processes by hand: DDP's NCCL backend cannot
+reduce them). This is not ctr_eval's trainer: the judge stays separate.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -37,27 +47,36 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ctr_eval.checks import check_positive_int
+from ctr_eval.format import atomic_path
 
 logger = logging.getLogger(__name__)
 
 Objective = Callable[..., torch.Tensor]
+EVAL_EVERY_MAX = 2000
+MAX_HELD_OUT_PAIRS = 200_000
+CHECKPOINT_FILE = "fit_checkpoint.pt"
 
 
 @dataclass(frozen=True)
 class LoopOptions:
-    """How to train; ``device``: None (a GPU when there is one), "cpu" or "cuda"."""
+    """How to train; ``eval_every``: None = one pass over the pairs, at most
+    ``EVAL_EVERY_MAX`` steps; ``device``: None (a GPU when there is one), "cpu" or "cuda";
+    ``checkpoint_dir``: None, or a folder to save and resume the fit in."""
 
-    epochs: int = 10
+    max_steps: int = 15_000
+    eval_every: int | None = None
     batch_size: int = 1024
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 2
     seed: int = 0
     device: str | None = None
+    checkpoint_dir: str | None = None
 
     def check(self, where: str) -> None:
-        for name in ("epochs", "batch_size", "patience"):
+        for name in ("max_steps", "batch_size", "patience"):
             check_positive_int(f"{where}: {name}", getattr(self, name))
+        check_positive_int(f"{where}: eval_every", self.eval_every, allow_none=True)
         for name in ("learning_rate", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -69,111 +88,21 @@ class LoopOptions:
             raise TypeError(f"{where}: seed must be an integer, got {type(self.seed).__name__} {self.seed!r}")
         if self.device not in (None, "cpu", "cuda"):
             raise ValueError(f"{where}: device must be None, 'cpu' or 'cuda', got {self.device!r}")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"{where}: checkpoint_dir must be None or a folder path, got {self.checkpoint_dir!r}")
 
 
 @dataclass
 class LoopResult:
-    """What :func:`train_pairs` did: per-epoch ``history`` (train and held-out loss),
-    ``best_epoch`` (1-based; its weights are the module's now), why it ``stopped`` and on
-    how many ``processes``."""
+    """What :func:`train_pairs` did: per-evaluation ``history`` (step, pass, train and
+    held-out loss), ``best_step`` (its weights are the module's now), ``steps`` taken, why
+    it ``stopped`` ("max_steps" or "early_stop") and on how many ``processes``."""
 
     history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    stopped: str = "max_epochs"
+    best_step: int = 0
+    steps: int = 0
+    stopped: str = "max_steps"
     processes: int = 1
-
-
-# -- histories -> pairs ------------------------------------------------------------------------
-def check_sequences(sequences: Any, n_items: int, where: str) -> np.ndarray:
-    """``sequences`` as an (n, L) int64 array of values in 0..n_items (0 = padding,
-    k = feature row k - 1); TypeError / ValueError naming what is wrong."""
-    if sequences is None:
-        raise ValueError(f"{where} learns from user histories: fit(features, sequences) needs "
-                         "sequences, an (n, L) int array (0 = padding, k = feature row k - 1)")
-    array = np.asarray(sequences)
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
-        raise TypeError(f"{where}: sequences must be an integer array, got dtype {array.dtype}")
-    if array.ndim != 2:
-        raise ValueError(f"{where}: sequences must be 2-D (histories, positions), got shape {array.shape}")
-    if array.size and (array.min() < 0 or array.max() > n_items):
-        bad = array[(array < 0) | (array > n_items)][0]
-        raise ValueError(f"{where}: sequences hold {int(bad)}, outside 0..{n_items} (0 = padding, "
-                         f"k = feature row k - 1 of the {n_items} items)")
-    return array.astype(np.int64, copy=False)
-
-
-def split_histories(n: int, holdout: float, seed: int) -> np.ndarray:
-    """A bool mask of the ``round(holdout * n)`` histories held out (seeded), at least one
-    when ``holdout > 0`` and there are two or more histories."""
-    count = int(round(holdout * n))
-    if holdout > 0 and n >= 2:
-        count = min(max(count, 1), n - 1)
-    held = np.zeros(n, dtype=bool)
-    held[np.random.default_rng([seed, 0x401D]).permutation(n)[:count]] = True
-    return held
-
-
-def window_pairs(sequences: np.ndarray, window: int) -> np.ndarray:
-    """Every (m, 2) pair of feature rows of items at most ``window`` positions apart in a
-    history (each once, older item first; an item with itself left out)."""
-    check_positive_int("window", window)
-    out = []
-    for gap in range(1, min(window, max(sequences.shape[1] - 1, 0)) + 1):
-        first, second = sequences[:, :-gap].ravel(), sequences[:, gap:].ravel()
-        keep = (first > 0) & (second > 0) & (first != second)
-        out.append(np.stack([first[keep], second[keep]], axis=1) - 1)
-    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
-
-
-class WindowSampler:
-    """Each epoch, every item of every history as a query, paired with one other position
-    of its history at most ``window`` away, drawn uniformly (seeded by epoch).
-
-    An epoch costs one pair per click whatever the window, and over epochs every pair
-    within the window comes up; a wide window pairs items of the same user's taste, a
-    narrow one items of the same moment. Draws that land on the same item (a repeated
-    click) are dropped.
-    """
-
-    def __init__(self, sequences: np.ndarray, window: int, seed: int) -> None:
-        self.window = check_positive_int("window", window)
-        self.seed = seed
-        # left zero-padded rows: a history's clicks are its last `length` positions
-        rows, cols = np.nonzero(sequences)
-        self.items = sequences[rows, cols] - 1
-        self.first = sequences.shape[1] - (sequences > 0).sum(axis=1)[rows]
-        self.rows, self.cols = rows, cols
-        self.sequences = sequences
-        low = np.maximum(self.first, cols - self.window)
-        high = np.minimum(sequences.shape[1] - 1, cols + self.window)
-        self.low, self.choices = low, high - low  # positions to pick from, the query's own left out
-
-    def __len__(self) -> int:
-        """Pairs per epoch, at most."""
-        return int((self.choices > 0).sum())
-
-    def __call__(self, epoch: int) -> np.ndarray:
-        draw = np.random.default_rng([self.seed, epoch, 0x5A]).random(len(self.items))
-        ok = self.choices > 0
-        partner = self.low + np.floor(draw * self.choices).astype(np.int64)
-        partner += partner >= self.cols  # skip the query's own position
-        keys = self.sequences[self.rows[ok], partner[ok]] - 1
-        pairs = np.stack([self.items[ok], keys], axis=1)
-        return pairs[(pairs[:, 0] != pairs[:, 1]) & (keys >= 0)]  # keys < 0: a gap inside a history
-
-
-def item_counts(sequences: np.ndarray, n_items: int) -> np.ndarray:
-    """How often each feature row occurs in ``sequences`` (int64, (n_items,))."""
-    values = sequences[sequences > 0] - 1
-    return np.bincount(values, minlength=n_items).astype(np.int64)
-
-
-def count_log_q(counts: np.ndarray) -> np.ndarray:
-    """Log of each item's sampling frequency as a key, float32: its share of the clicks
-    (each click is a query once per epoch, and on average a key once). Items never
-    clicked get the log of half a click (never keys; the value only keeps it finite)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    return np.log(np.maximum(counts, 0.5) / max(counts.sum(), 1.0)).astype(np.float32)
 
 
 # -- the objective -------------------------------------------------------------------------------
@@ -232,23 +161,23 @@ def _share(m: int, rank: int, processes: int) -> slice:
     return slice(rank * m // processes, (rank + 1) * m // processes)
 
 
-def _global_batches(n: int, batch_size: int, seed: int, epoch: int, processes: int) -> list[np.ndarray]:
-    """The epoch's batches of pair indices, the same on every process; a tail too small to
+def _global_batches(n: int, batch_size: int, seed: int, pass_: int, processes: int) -> list[np.ndarray]:
+    """The pass's batches of pair indices, the same on every process; a tail too small to
     give each process a pair joins the batch before it."""
-    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order = np.random.default_rng([seed, pass_]).permutation(n)
     batches = [order[start: start + batch_size] for start in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < processes:
         batches[-2:] = [np.concatenate(batches[-2:])]
     return batches
 
 
-# -- the loop ----------------------------------------------------------------------------------
 class _Step:
     """One global batch: embed this process's share, gather the keys, score, backward."""
 
     def __init__(self, acc: Any, blocks: list[torch.Tensor], log_q: torch.Tensor | None,
-                 objective: Objective) -> None:
+                 objective: Objective, tables: list[nn.Parameter]) -> None:
         self.acc, self.blocks, self.log_q, self.objective = acc, blocks, log_q, objective
+        self.tables = tables
 
     def embed(self, model: Any, rows: torch.Tensor) -> torch.Tensor:
         # Each distinct item once: popular items recur within a batch.
@@ -260,10 +189,10 @@ class _Step:
         acc = self.acc
         processes, rank = (acc.num_processes, acc.process_index) if distributed else (1, 0)
         share = batch[_share(len(batch), rank, processes)]
-        rows = torch.as_tensor(share, device=acc.device)
+        rows = torch.as_tensor(share.astype(np.int64, copy=False), device=acc.device)
         vectors = self.embed(model, rows.reshape(-1))
         queries, keys = vectors[0::2], vectors[1::2]
-        key_rows = torch.as_tensor(batch[:, 1], device=acc.device)
+        key_rows = torch.as_tensor(batch[:, 1].astype(np.int64), device=acc.device)
         offset = _share(len(batch), rank, processes).start
         if processes > 1:
             bounds = [_share(len(batch), r, processes) for r in range(processes)]
@@ -273,37 +202,85 @@ class _Step:
         log_q = None if self.log_q is None else self.log_q[key_rows]
         return self.objective(queries, keys, positives, rows[:, 0], key_rows, log_q), len(batch)
 
+    def reduce_sparse_grads(self, processes: int) -> None:
+        """Each per-item table's sparse gradient summed over the processes and averaged
+        as DDP averages the dense ones (DDP was told to leave the tables alone)."""
+        import torch.distributed as dist
 
+        for table in self.tables:
+            grad = table.grad.coalesce()
+            rows, values = grad.indices()[0], grad.values()
+            sizes = [torch.zeros((), dtype=torch.int64, device=rows.device) for _ in range(processes)]
+            dist.all_gather(sizes, torch.tensor(len(rows), device=rows.device))
+            sizes = [int(s) for s in sizes]
+            rows, values = _gather_padded(rows, sizes), _gather_padded(values, sizes)
+            table.grad = torch.sparse_coo_tensor(rows[None], values / processes, grad.shape).coalesce()
+
+
+def _gather_padded(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Every process's ``local`` (first dimension ``sizes[rank]``), concatenated in rank order."""
+    import torch.distributed as dist
+
+    padded = local.new_zeros((max(sizes), *local.shape[1:]))
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+# -- the loop ----------------------------------------------------------------------------------
 def train_pairs(module: nn.Module, blocks: list[np.ndarray], sampler: Callable[[int], np.ndarray],
                 held_pairs: np.ndarray, objective: Objective, options: LoopOptions,
-                log_q: np.ndarray | None, where: str = "fusion") -> LoopResult:
-    """Train ``module`` in place on the pairs ``sampler(epoch)`` gives ((m, 2) feature
-    rows, query then key) with ``objective``; stop early on the loss of ``held_pairs``
-    (none: train all ``options.epochs``).
+                log_q: np.ndarray | None, where: str = "fusion", data_key: str = "") -> LoopResult:
+    """Train ``module`` in place for up to ``options.max_steps`` steps on the pairs
+    ``sampler(pass)`` gives ((m, 2) feature rows, query then key) with ``objective``; stop
+    early on the loss of ``held_pairs`` (none: train the whole budget).
 
     ``blocks`` are the per-encoder inputs of every item (row-aligned float32 arrays) and
     ``log_q`` the log sampling frequency of each item as a key (:func:`count_log_q`; None:
-    no correction). The module ends on the CPU, in eval mode, with the weights of the best
-    held-out epoch.
+    no correction). ``data_key`` names the inputs (a checkpoint of other inputs is not
+    resumed). The module ends on the CPU, in eval mode, with the weights of the best
+    held-out evaluation.
     """
     options.check(where)
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=options.device == "cpu" or (options.device is None and not torch.cuda.is_available()))
+    held_pairs = _cap_held_out(held_pairs, options.seed)
+    tables = [(name, m.weight) for name, m in module.named_modules() if isinstance(m, nn.Embedding) and m.sparse]
+    if acc.num_processes > 1 and tables:
+        from torch.nn.parallel import DistributedDataParallel
+
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            module, [f"{name}.weight" for name, _ in tables])
+    table_ids = {id(p) for _, p in tables}
+    optimizers = [torch.optim.AdamW([p for p in module.parameters() if id(p) not in table_ids],
+                                    lr=options.learning_rate, weight_decay=options.weight_decay)]
+    if tables:
+        optimizers.append(torch.optim.SparseAdam([p for _, p in tables], lr=options.learning_rate))
+    model, *optimizers = acc.prepare(module, *optimizers)
     torch_blocks = [torch.as_tensor(b, device=acc.device) for b in blocks]
-    step = _Step(acc, torch_blocks, None if log_q is None else torch.as_tensor(log_q, device=acc.device), objective)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=options.learning_rate,
-                                  weight_decay=options.weight_decay)
-    model, optimizer = acc.prepare(module, optimizer)
+    step = _Step(acc, torch_blocks, None if log_q is None else torch.as_tensor(log_q, device=acc.device),
+                 objective, [p for _, p in tables])
+    checkpoint = _Checkpoint(options, module, data_key) if options.checkpoint_dir else None
     threads_before = torch.get_num_threads()
     if acc.device.type == "cpu":
         torch.set_num_threads(_cpu_threads(module, options.batch_size, acc.num_processes))
     try:
-        result = _epochs(acc, model, optimizer, step, sampler, held_pairs, options, where)
+        result = _Run(acc, model, optimizers, step, options, where, checkpoint).train(sampler, held_pairs)
     finally:
         torch.set_num_threads(threads_before)
     module.to("cpu").eval()
     return result
+
+
+def _cap_held_out(held_pairs: np.ndarray, seed: int) -> np.ndarray:
+    """At most ``MAX_HELD_OUT_PAIRS`` held-out pairs (a seeded sample, in order): enough
+    to rank evaluations, and an evaluation then costs seconds at any data size."""
+    if len(held_pairs) <= MAX_HELD_OUT_PAIRS:
+        return held_pairs
+    keep = np.random.default_rng([seed, 0x4E1D]).choice(len(held_pairs), MAX_HELD_OUT_PAIRS, replace=False)
+    return held_pairs[np.sort(keep)]
 
 
 def _cpu_threads(module: nn.Module, batch_size: int, processes: int) -> int:
@@ -313,51 +290,101 @@ def _cpu_threads(module: nn.Module, batch_size: int, processes: int) -> int:
     return 1 if work < 2**24 else max(1, (os.cpu_count() or 1) // processes)
 
 
-def _epochs(acc: Any, model: Any, optimizer: Any, step: "_Step", sampler: Callable[[int], np.ndarray],
-            held_pairs: np.ndarray, options: LoopOptions, where: str) -> LoopResult:
-    """Up to ``options.epochs`` epochs with early stopping; the model ends with the best
-    held-out epoch's weights."""
-    result, best_state, best_loss, waited = LoopResult(processes=acc.num_processes), None, math.inf, 0
-    logger.info("%s: training on %s process(es) of %s, %d held-out pairs, %s", where,
-                acc.num_processes, acc.device, len(held_pairs), options)
-    for epoch in range(1, options.epochs + 1):
-        pairs = sampler(epoch)
-        if len(pairs) == 0:
-            raise ValueError(f"{where}: the histories hold no pair of distinct items to learn from")
-        train_loss = _train_epoch(acc, model, optimizer, step, pairs, options, epoch, where)
-        unwrapped = acc.unwrap_model(model)
-        held_loss = _held_out_loss(unwrapped, step, held_pairs, options) if len(held_pairs) else math.nan
-        result.history.append({"epoch": epoch, "train_loss": train_loss, "held_out_loss": held_loss})
-        logger.info("%s: epoch %d train loss %.4f held-out loss %.4f", where, epoch, train_loss, held_loss)
-        if not len(held_pairs) or held_loss < best_loss:
-            best_loss, waited, result.best_epoch = held_loss, 0, epoch
-            best_state = copy.deepcopy(unwrapped.state_dict())
-        else:
-            waited += 1
-            if waited >= options.patience:
-                result.stopped = "early_stop"
-                break
-    acc.unwrap_model(model).load_state_dict(best_state)
-    return result
+class _Run:
+    """The budget of steps, pass after pass, with evaluations, early stopping and
+    checkpoints; ``state`` is everything a resumed fit needs besides the weights."""
 
+    def __init__(self, acc: Any, model: Any, optimizers: list[Any], step: _Step, options: LoopOptions,
+                 where: str, checkpoint: "_Checkpoint | None") -> None:
+        self.acc, self.model, self.optimizers, self.step = acc, model, optimizers, step
+        self.options, self.where, self.checkpoint = options, where, checkpoint
+        self.result = LoopResult(processes=acc.num_processes)
+        # all but the weights a resumed fit needs; saved at evaluations, when the running
+        # training loss is zero
+        self.state = {"step": 0, "pass": 1, "offset": 0, "loss_count": 0, "best_loss": math.inf,
+                      "waited": 0, "done": False}
+        self.running_loss = torch.zeros((), dtype=torch.float64, device=acc.device)
+        self.best_weights: dict[str, torch.Tensor] | None = None
 
-def _train_epoch(acc: Any, model: Any, optimizer: Any, step: _Step, pairs: np.ndarray,
-                 options: LoopOptions, epoch: int, where: str) -> float:
-    """One pass over the epoch's pairs; their mean loss (every process gets it)."""
-    model.train()
-    batches = _global_batches(len(pairs), options.batch_size, options.seed, epoch, acc.num_processes)
-    show = acc.is_main_process and logger.isEnabledFor(logging.INFO)
-    total = torch.zeros((), device=acc.device, dtype=torch.float64)
-    for batch in tqdm(batches, desc=f"{where} epoch {epoch}", disable=not show, leave=False):
-        losses, size = step.losses(model, pairs[batch], distributed=acc.num_processes > 1)
+    def train(self, sampler: Callable[[int], np.ndarray], held_pairs: np.ndarray) -> LoopResult:
+        options, state = self.options, self.state
+        if self.checkpoint is not None:
+            self.checkpoint.restore(self)
+        logger.info("%s: training on %s process(es) of %s, %d held-out pairs, %s", self.where,
+                    self.acc.num_processes, self.acc.device, len(held_pairs), options)
+        show = self.acc.is_main_process and logger.isEnabledFor(logging.INFO)
+        batches: list[np.ndarray] | None = None
+        with tqdm(total=options.max_steps, initial=state["step"], desc=f"{self.where} steps",
+                  disable=not show, leave=False) as bar:
+            while not state["done"] and state["step"] < options.max_steps:
+                if batches is None:
+                    pairs = sampler(state["pass"])
+                    if len(pairs) == 0:
+                        raise ValueError(f"{self.where}: the histories hold no pair of distinct items to learn from")
+                    batches = _global_batches(len(pairs), options.batch_size, options.seed, state["pass"],
+                                              self.acc.num_processes)
+                self._train_step(pairs[batches[state["offset"]]])
+                state["offset"] += 1
+                bar.update(1)
+                pass_over = state["offset"] == len(batches)
+                if self._evaluation_due(pass_over):
+                    self._evaluate(held_pairs)
+                if pass_over:
+                    state["pass"], state["offset"], batches = state["pass"] + 1, 0, None
+        if not state["done"]:
+            if state["loss_count"]:  # the budget ended between evaluations
+                self._evaluate(held_pairs)
+            state["done"] = True
+            if self.checkpoint is not None:
+                self.checkpoint.save(self)
+        self.acc.unwrap_model(self.model).load_state_dict(self.best_weights)
+        return self.result
+
+    def _evaluation_due(self, pass_over: bool) -> bool:
+        state, every = self.state, self.options.eval_every
+        if every is not None:
+            return state["step"] % every == 0
+        return pass_over or state["offset"] % EVAL_EVERY_MAX == 0
+
+    def _train_step(self, batch: np.ndarray) -> None:
+        acc, processes = self.acc, self.acc.num_processes
+        self.model.train()
+        losses, size = self.step.losses(self.model, batch, distributed=processes > 1)
         # DDP averages the processes' gradients: scale so the average is the gradient of
         # the global-batch mean.
-        loss = losses.sum() * (acc.num_processes / size)
-        optimizer.zero_grad(set_to_none=True)
+        loss = losses.sum() * (processes / size)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
-        optimizer.step()
-        total += losses.detach().sum().double()
-    return float(acc.reduce(total, reduction="sum")) / len(pairs)
+        if processes > 1:
+            self.step.reduce_sparse_grads(processes)
+        for optimizer in self.optimizers:
+            optimizer.step()
+        self.running_loss += losses.detach().sum().double()  # this process's queries
+        self.state["loss_count"] += len(batch)
+        self.state["step"] += 1
+
+    def _evaluate(self, held_pairs: np.ndarray) -> None:
+        state, unwrapped = self.state, self.acc.unwrap_model(self.model)
+        train_loss = float(self.acc.reduce(self.running_loss, reduction="sum")) / max(state["loss_count"], 1)
+        held_loss = _held_out_loss(unwrapped, self.step, held_pairs, self.options) if len(held_pairs) else math.nan
+        record = {"step": state["step"], "pass": state["pass"],
+                  "train_loss": train_loss, "held_out_loss": held_loss}
+        self.result.history.append(record)
+        self.running_loss.zero_()
+        state["loss_count"] = 0
+        logger.info("%s: step %d (pass %d) train loss %.4f held-out loss %.4f", self.where, state["step"],
+                    state["pass"], record["train_loss"], held_loss)
+        if not len(held_pairs) or held_loss < state["best_loss"]:
+            state["best_loss"], state["waited"], self.result.best_step = held_loss, 0, state["step"]
+            self.best_weights = copy.deepcopy(unwrapped.state_dict())
+        else:
+            state["waited"] += 1
+            if state["waited"] >= self.options.patience:
+                self.result.stopped, state["done"] = "early_stop", True
+        self.result.steps = state["step"]
+        if self.checkpoint is not None:
+            self.checkpoint.save(self)
 
 
 @torch.no_grad()
@@ -370,3 +397,52 @@ def _held_out_loss(module: nn.Module, step: _Step, held_pairs: np.ndarray, optio
         losses, _ = step.losses(module, held_pairs[start: start + options.batch_size], distributed=False)
         total += float(losses.double().sum())
     return total / len(held_pairs)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+class _Checkpoint:
+    """The fit's state at its last evaluation in ``options.checkpoint_dir``, written
+    atomically by the main process; resumed only by a fit with the same key (options
+    but the folder and device, the network's shapes, ``data_key``)."""
+
+    def __init__(self, options: LoopOptions, module: nn.Module, data_key: str) -> None:
+        self.path = Path(options.checkpoint_dir) / CHECKPOINT_FILE
+        settings = {k: v for k, v in asdict(options).items() if k not in ("checkpoint_dir", "device")}
+        shapes = [(name, tuple(p.shape)) for name, p in module.state_dict().items()]
+        self.key = hashlib.sha256(repr((settings, shapes, data_key)).encode()).hexdigest()
+
+    def save(self, run: _Run) -> None:
+        if run.acc.is_main_process:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            payload = {"key": self.key, "state": run.state, "result": asdict(run.result),
+                       "weights": run.acc.unwrap_model(run.model).state_dict(),
+                       "optimizers": [o.state_dict() for o in run.optimizers], "best_weights": run.best_weights}
+            with atomic_path(self.path) as tmp:
+                torch.save(payload, tmp)
+        run.acc.wait_for_everyone()
+
+    def restore(self, run: _Run) -> None:
+        if not self.path.is_file():
+            return
+        payload = torch.load(self.path, map_location=run.acc.device, weights_only=False)
+        if payload.get("key") != self.key:
+            logger.warning("%s: %s belongs to another fit (other inputs or settings); starting afresh",
+                           run.where, self.path)
+            return
+        run.state.update(payload["state"])
+        run.result = LoopResult(**payload["result"])
+        run.acc.unwrap_model(run.model).load_state_dict(payload["weights"])
+        for optimizer, saved in zip(run.optimizers, payload["optimizers"]):
+            optimizer.load_state_dict(saved)
+        run.best_weights = payload["best_weights"]
+        logger.info("%s: resumed from %s at step %d", run.where, self.path, run.state["step"])
+
+
+def data_key(*arrays: np.ndarray) -> str:
+    """A digest of arrays' shapes, dtypes and bytes, naming a fit's inputs."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(repr((array.shape, array.dtype.str)).encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()

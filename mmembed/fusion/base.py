@@ -200,7 +200,12 @@ class FusionHead(ABC):
                 f"{config_path} holds a {config['name']!r} head, not {cls.name!r}; "
                 "load it with mmembed.fusion.load_fusion"
             )
-        head = target(**config["params"])
+        known = set(target._param_names())
+        retired = sorted(set(config["params"]) - known)
+        if retired:  # e.g. ``epochs`` of trained heads saved before step budgets
+            logger.info("%s: ignoring parameter(s) %s of an older mmembed (fitted state is kept)",
+                        config_path, ", ".join(retired))
+        head = target(**{k: v for k, v in config["params"].items() if k in known})
         with np.load(state_path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
         head._set_state(config["state"], arrays)

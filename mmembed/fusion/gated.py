@@ -63,7 +63,7 @@ class GatedFusion(ContrastiveFusion):
     """A projection per encoder mixed by a per-item gate from the item's own features,
     trained like ``contrastive`` on co-occurrence in train histories."""
 
-    tiny_params = {"dim": 4, "hidden": 8, "epochs": 2, "batch_size": 64}
+    tiny_params = {"dim": 4, "hidden": 8, "max_steps": 40, "batch_size": 64}
     net_class = GatedNet
 
     def _inputs(self, blocks: list[FeatureBlock]) -> list[np.ndarray]:

@@ -68,7 +68,7 @@ def knn_report(root: Path, table: np.ndarray, truth: Any):
 
 @functools.lru_cache(maxsize=4)
 def _neighbour_context(root: str) -> tuple[np.ndarray, np.ndarray]:
-    from mmembed.datasets.interactions import load_train_histories
+    from mmembed.datasets.histories import load_train_histories
 
     tags = read_item_info(find_layout(root).item_info, ("item_tags",))["item_tags"][1:]
     return tags, load_train_histories(root).item_seq
