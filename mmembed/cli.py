@@ -277,6 +277,9 @@ def _build_fusion(args: argparse.Namespace, fusion: Any, dim: int | None, encode
     if args.item_info and width is not None and width != ITEM_INFO_DIM:
         raise CommandError(f"--item-info writes the challenge's 128-d item_emb_d128, but "
                            f"--fusion {args.fusion} gives {width} dims; use --dim 128")
+    if args.out and head is not None and hasattr(head, "checkpoint_dir") and head.checkpoint_dir is None:
+        # a killed fit resumes from its last evaluation on the same command
+        head.checkpoint_dir = str(Path(args.out) / "fit_checkpoint")
     return head
 
 

@@ -33,12 +33,10 @@ reduce them). This is not ctr_eval's trainer: the judge stays separate.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -47,14 +45,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ctr_eval.checks import check_positive_int
-from ctr_eval.format import atomic_path
+from mmembed.fusion._checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
 Objective = Callable[..., torch.Tensor]
 EVAL_EVERY_MAX = 2000
 MAX_HELD_OUT_PAIRS = 200_000
-CHECKPOINT_FILE = "fit_checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -231,14 +228,14 @@ def _gather_padded(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 # -- the loop ----------------------------------------------------------------------------------
 def train_pairs(module: nn.Module, blocks: list[np.ndarray], sampler: Callable[[int], np.ndarray],
                 held_pairs: np.ndarray, objective: Objective, options: LoopOptions,
-                log_q: np.ndarray | None, where: str = "fusion", data_key: str = "") -> LoopResult:
+                log_q: np.ndarray | None, where: str = "fusion", inputs_key: str = "") -> LoopResult:
     """Train ``module`` in place for up to ``options.max_steps`` steps on the pairs
     ``sampler(pass)`` gives ((m, 2) feature rows, query then key) with ``objective``; stop
     early on the loss of ``held_pairs`` (none: train the whole budget).
 
     ``blocks`` are the per-encoder inputs of every item (row-aligned float32 arrays) and
     ``log_q`` the log sampling frequency of each item as a key (:func:`count_log_q`; None:
-    no correction). ``data_key`` names the inputs (a checkpoint of other inputs is not
+    no correction). ``inputs_key`` names the inputs (a checkpoint of other inputs is not
     resumed). The module ends on the CPU, in eval mode, with the weights of the best
     held-out evaluation.
     """
@@ -262,7 +259,7 @@ def train_pairs(module: nn.Module, blocks: list[np.ndarray], sampler: Callable[[
     torch_blocks = [torch.as_tensor(b, device=acc.device) for b in blocks]
     step = _Step(acc, torch_blocks, None if log_q is None else torch.as_tensor(log_q, device=acc.device),
                  objective, [p for _, p in tables])
-    checkpoint = _Checkpoint(options, module, data_key) if options.checkpoint_dir else None
+    checkpoint = Checkpoint(options, module, inputs_key) if options.checkpoint_dir else None
     threads_before = torch.get_num_threads()
     if acc.device.type == "cpu":
         torch.set_num_threads(_cpu_threads(module, options.batch_size, acc.num_processes))
@@ -295,7 +292,7 @@ class _Run:
     checkpoints; ``state`` is everything a resumed fit needs besides the weights."""
 
     def __init__(self, acc: Any, model: Any, optimizers: list[Any], step: _Step, options: LoopOptions,
-                 where: str, checkpoint: "_Checkpoint | None") -> None:
+                 where: str, checkpoint: Checkpoint | None) -> None:
         self.acc, self.model, self.optimizers, self.step = acc, model, optimizers, step
         self.options, self.where, self.checkpoint = options, where, checkpoint
         self.result = LoopResult(processes=acc.num_processes)
@@ -397,52 +394,3 @@ def _held_out_loss(module: nn.Module, step: _Step, held_pairs: np.ndarray, optio
         losses, _ = step.losses(module, held_pairs[start: start + options.batch_size], distributed=False)
         total += float(losses.double().sum())
     return total / len(held_pairs)
-
-
-# -- checkpoints -------------------------------------------------------------------------------
-class _Checkpoint:
-    """The fit's state at its last evaluation in ``options.checkpoint_dir``, written
-    atomically by the main process; resumed only by a fit with the same key (options
-    but the folder and device, the network's shapes, ``data_key``)."""
-
-    def __init__(self, options: LoopOptions, module: nn.Module, data_key: str) -> None:
-        self.path = Path(options.checkpoint_dir) / CHECKPOINT_FILE
-        settings = {k: v for k, v in asdict(options).items() if k not in ("checkpoint_dir", "device")}
-        shapes = [(name, tuple(p.shape)) for name, p in module.state_dict().items()]
-        self.key = hashlib.sha256(repr((settings, shapes, data_key)).encode()).hexdigest()
-
-    def save(self, run: _Run) -> None:
-        if run.acc.is_main_process:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            payload = {"key": self.key, "state": run.state, "result": asdict(run.result),
-                       "weights": run.acc.unwrap_model(run.model).state_dict(),
-                       "optimizers": [o.state_dict() for o in run.optimizers], "best_weights": run.best_weights}
-            with atomic_path(self.path) as tmp:
-                torch.save(payload, tmp)
-        run.acc.wait_for_everyone()
-
-    def restore(self, run: _Run) -> None:
-        if not self.path.is_file():
-            return
-        payload = torch.load(self.path, map_location=run.acc.device, weights_only=False)
-        if payload.get("key") != self.key:
-            logger.warning("%s: %s belongs to another fit (other inputs or settings); starting afresh",
-                           run.where, self.path)
-            return
-        run.state.update(payload["state"])
-        run.result = LoopResult(**payload["result"])
-        run.acc.unwrap_model(run.model).load_state_dict(payload["weights"])
-        for optimizer, saved in zip(run.optimizers, payload["optimizers"]):
-            optimizer.load_state_dict(saved)
-        run.best_weights = payload["best_weights"]
-        logger.info("%s: resumed from %s at step %d", run.where, self.path, run.state["step"])
-
-
-def data_key(*arrays: np.ndarray) -> str:
-    """A digest of arrays' shapes, dtypes and bytes, naming a fit's inputs."""
-    digest = hashlib.blake2b(digest_size=16)
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(repr((array.shape, array.dtype.str)).encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()

@@ -56,7 +56,8 @@ from ctr_eval.checks import check_positive_int
 from mmembed.fusion import register_fusion
 from mmembed.fusion._pairs import (WindowSampler, check_sequences, count_log_q, item_counts,
                                    split_histories)
-from mmembed.fusion._train_loop import LoopOptions, data_key, info_nce, train_pairs
+from mmembed.fusion._checkpoint import data_key
+from mmembed.fusion._train_loop import LoopOptions, info_nce, train_pairs
 from mmembed.fusion.base import FeatureBlock, FusionHead, as_blocks
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class ContrastiveFusion(FusionHead):
                                                        self.residual_shrink, self.holdout, self.hidden,
                                                        self.dim, float(self.residual)]))
         result = train_pairs(net, inputs, sampler, held_pairs, objective, options, log_q,
-                             where=self.name, data_key=key)
+                             where=self.name, inputs_key=key)
         self.net_ = net
         self.n_items_ = n_items
         self.n_pairs_ = len(sampler)
