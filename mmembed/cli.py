@@ -148,6 +148,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if not current_process().is_main:
         return 0
     written = _write_outputs(embeddings, args)
+    if args.out and getattr(plan.head, "checkpoint_dir", None) == _fit_checkpoint(args.out):
+        shutil.rmtree(_fit_checkpoint(args.out), ignore_errors=True)  # the fit's outputs are written
     untrained = "  (UNTRAINED random-init encoders)" if embeddings.untrained else ""
     print(f"{len(embeddings)} items -> {embeddings.dim} dims{untrained}")
     for path in written:
@@ -279,8 +281,13 @@ def _build_fusion(args: argparse.Namespace, fusion: Any, dim: int | None, encode
                            f"--fusion {args.fusion} gives {width} dims; use --dim 128")
     if args.out and head is not None and hasattr(head, "checkpoint_dir") and head.checkpoint_dir is None:
         # a killed fit resumes from its last evaluation on the same command
-        head.checkpoint_dir = str(Path(args.out) / "fit_checkpoint")
+        head.checkpoint_dir = _fit_checkpoint(args.out)
     return head
+
+
+def _fit_checkpoint(out: str) -> str:
+    """Where ``extract --out OUT`` keeps a trained head's fit until its outputs are written."""
+    return str(Path(out) / "fit_checkpoint")
 
 
 def _check_item_info_inputs(args: argparse.Namespace, catalog: Any) -> None:

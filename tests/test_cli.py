@@ -1,6 +1,7 @@
 """The `mmembed` command from the shell, as a user runs it."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -53,6 +54,17 @@ def test_extract_writes_a_valid_item_info(tiny_root, tmp_path):
     assert table.num_rows == n_items + 1
     assert len(table.column("item_emb_d128")[1].as_py()) == 128
     assert set(table.column("item_emb_d128")[0].as_py()) == {0.0}
+
+
+def test_extract_checkpoints_a_trained_heads_fit_and_clears_it_when_done(tiny_root, tmp_path):
+    out = tmp_path / "emb"
+    spec = '{"name": "contrastive", "max_steps": 20, "eval_every": 10, "batch_size": 256}'
+    result = run_cli("extract", str(tiny_root), "--encoder", "sbert", "--fusion", spec, "--out", str(out),
+                     "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    assert not (out / "fit_checkpoint").exists()  # outputs written: the checkpoint is gone
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["fusion"]["params"]["checkpoint_dir"] == str(out / "fit_checkpoint")
 
 
 def test_extract_refuses_item_info_of_the_wrong_width_before_work(tiny_root, tmp_path):

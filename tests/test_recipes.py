@@ -234,7 +234,7 @@ def test_every_shipped_recipe_parses_and_names_registered_plugins():
 
     shipped = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
     assert {p.stem for p in shipped} >= {"demo", "task1_baseline", "compare_fusions", "task1_mllm",
-                                         "task2_transact_dcn"}
+                                         "task2_transact_dcn", "full_scale"}
     for path in shipped:
         recipe = load_recipe(path)
         assert recipe.name == path.stem

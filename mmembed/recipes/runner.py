@@ -129,7 +129,8 @@ def build_table(ctx: RunContext, spec: EmbeddingSpec, seed: int, truth: Any) -> 
         fusion = (spec.fusion or {}).get("name", "no fusion")
         ctx.say(f"  {spec.name}, seed {seed}: features of {', '.join(spec.encoders)} -> {fusion}")
         table, provenance = extracted_table(ctx.root, encoders, spec.fusion, spec.dim, seed,
-                                            ctx.cache_dir / "features", progress=ctx.progress)
+                                            ctx.cache_dir / "features", progress=ctx.progress,
+                                            checkpoint_dir=path.with_suffix(".fit"))
         info = {"fit_seconds": provenance["fit_seconds"], "untrained": provenance.get("untrained", False),
                 "encoders": [e.get("label", e.get("name")) for e in provenance.get("encoders", [])]}
     with atomic_path(path) as tmp:

@@ -86,22 +86,32 @@ def reference_table(name: str, truth: Truth, seed: int) -> np.ndarray | None:
 
 
 def extracted_table(root: str | Path, encoders: list[Mapping[str, Any]], fusion: Mapping[str, Any] | None,
-                    dim: int, seed: int, cache_dir: str | Path, progress: bool = False) -> tuple[np.ndarray, dict]:
+                    dim: int, seed: int, cache_dir: str | Path, progress: bool = False,
+                    checkpoint_dir: str | Path | None = None) -> tuple[np.ndarray, dict]:
     """(N+1, dim) table from ``mmembed.extract`` and its provenance, with the fusion's
     wall time (features read from the cache) under ``provenance["fit_seconds"]``. A head
-    that takes a ``seed`` parameter gets ``seed`` unless its spec sets one."""
+    that takes a ``seed`` parameter gets ``seed`` unless its spec sets one; one that takes
+    a ``checkpoint_dir`` gets ``checkpoint_dir`` (a killed fit resumes there; removed once
+    the table is made)."""
+    import shutil
+
     import mmembed
     from mmembed.fusion import FUSIONS
 
     spec = dict(fusion) if fusion else None
-    if spec is not None and "seed" in FUSIONS.get(spec["name"])._param_names():
+    params = FUSIONS.get(spec["name"])._param_names() if spec is not None else []
+    if "seed" in params:
         spec.setdefault("seed", seed)
+    if "checkpoint_dir" in params and checkpoint_dir is not None:
+        spec.setdefault("checkpoint_dir", str(checkpoint_dir))
     mmembed.extract(root, encoders=list(encoders), fusion=None, dim=None, cache_dir=cache_dir,
                     progress=progress)  # the features, into the cache (a no-op when there)
     started = time.perf_counter()
     emb = mmembed.extract(root, encoders=list(encoders), fusion=spec, dim=dim if spec else None,
                           cache_dir=cache_dir, progress=False)
     seconds = time.perf_counter() - started
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     table = np.zeros((int(emb.ids.max()) + 1, emb.dim), dtype=np.float32)
     table[emb.ids] = emb.vectors
     return table, {**emb.provenance, "fit_seconds": seconds}
