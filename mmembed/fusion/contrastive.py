@@ -176,6 +176,8 @@ class ContrastiveFusion(FusionHead):
         if len(sampler) == 0:
             raise ValueError("contrastive: the histories hold no pair of distinct items to learn from")
         held_pairs = WindowSampler(sequences[held], self.window, self.seed)(0)
+        logger.info("%s: %d training histories (%d pairs a pass), %d held out (%d pairs)", self.name,
+                    len(train_seqs), len(sampler), int(held.sum()), len(held_pairs))
         self.item_counts_ = item_counts(train_seqs, n_items)
         net = self._new_net([b.vectors.shape[1] for b in blocks], n_items)
         objective = functools.partial(info_nce, temperature=float(self.temperature))
