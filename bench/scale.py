@@ -26,7 +26,8 @@ Stages (size = items for per-item stages, train rows for per-row stages):
   ``--din-rows`` train rows, scaled to the whole split (rows);
 - ``extract:contrastive``, ``extract:gated``: the command
   ``mmembed extract DATA --encoder sbert --encoder pixels --fusion HEAD`` with the features
-  already cached (the peak-memory target: 6 GiB at full) (items).
+  already cached (the peak-memory target: 6 GiB at full; run at full only, where it is a
+  target: at the other scales it is the fit stage again) (items).
 
 The growth exponent k of a stage is log(t_full / t_small) / log(size_full / size_small):
 1 is linear in the data, 0 flat (a fixed budget), above 1 faster than the data.
@@ -50,6 +51,7 @@ STAGES = ("synth", "validate", "encode:sbert", "encode:pixels", "encode:clip", "
           "fit:concat_pca", "fit:contrastive", "fit:gated", "knn", "din_epoch",
           "extract:contrastive", "extract:gated")
 PER_ROW = {"synth", "validate", "histories", "din_epoch"}
+FULL_ONLY = {"extract:contrastive", "extract:gated"}
 CLIP = {"name": "clip", "model": "ViT-S-32", "towers": "image", "pretrained": None}
 ENCODERS = {"sbert": {"name": "sbert"}, "pixels": {"name": "pixels"}, "clip": CLIP}
 
@@ -293,6 +295,8 @@ def main() -> None:
             for stage in args.stages.split(","):
                 if stage not in STAGES:
                     raise SystemExit(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+                if stage in FULL_ONLY and scale != "full":
+                    continue
                 if results.get(scale, {}).get(stage) and "error" not in results[scale][stage] and not args.redo:
                     continue
                 print(f"[scale] {scale} {stage} ...", file=sys.stderr, flush=True)
