@@ -176,3 +176,13 @@ def test_loader_memory_follows_what_is_kept_not_the_files(tmp_path):
     # about 330 MB; the in-memory loader this one replaced took 900 MB on this file.
     grown = figures["after"] - figures["before"]
     assert grown < 4 * figures["kept_bytes"] + (256 << 20), figures
+
+
+def test_a_null_history_is_named_by_file_and_row(tmp_path):
+    root = tmp_path / "data"
+    path = root / "MicroLens_1M_x1" / "train.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"user_id": pa.array([1, 2], pa.int64()),
+                             "item_seq": pa.array([None, [1, 2]], pa.list_(pa.int64()))}), path)
+    with pytest.raises(DatasetError, match=r"train.parquet: column 'item_seq' row 0: null list"):
+        load_train_histories(root)

@@ -131,7 +131,7 @@ def _kept_width(path: Path, pf, max_len: int | None) -> int:
     if pf.metadata.num_rows == 0:
         return 0
     first = next(pf.iter_batches(batch_size=1, columns=["item_seq"]))
-    width = len(first.column("item_seq")[0])
+    width = list_to_matrix(first.column("item_seq"), path, "item_seq").shape[1]  # a null row: a clear error
     return width if max_len is None else min(width, max_len)
 
 
