@@ -20,7 +20,8 @@ they are read in one streamed pass without ever holding the whole split:
 3. the buckets' kept windows are written back and gathered in (user, history) order.
 
 Peak memory is what is kept plus one bucket and one batch, whatever the files' size; when
-everything fits one bucket nothing is spilled.
+everything fits one bucket nothing is spilled. The spill goes to the system's temporary
+folder (``TMPDIR``): about 1.9 GB for MicroLens-1M, removed when the reading ends.
 
 ``max_histories`` caps what is kept: beyond it a seeded uniform sample of the windows
 stays. A head draws a fixed budget of pairs (see :mod:`mmembed.fusion._train_loop`), so
@@ -182,7 +183,8 @@ class _Buckets:
     all, else spilled to temporary files (users int64, windows int32 raw)."""
 
     def __init__(self, n_buckets: int, width: int) -> None:
-        self.n, self.width = max(1, n_buckets), width
+        # two open files a bucket: at most 256 buckets (bigger ones past 32 GB of windows)
+        self.n, self.width = min(max(1, n_buckets), 256), width
         self.memory: list[tuple[np.ndarray, np.ndarray]] = []
         self.tmp: tempfile.TemporaryDirectory | None = None
 
