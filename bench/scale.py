@@ -162,7 +162,7 @@ def _stage_knn(_: str, scale: str, root: Path, work: Path, args: argparse.Namesp
             "recall": None if recall is None else round(float(recall), 3)}
 
 
-def _stage_din(_: str, scale: str, root: Path, work: Path, args: argparse.Namespace) -> dict:
+def _stage_din_epoch(_: str, scale: str, root: Path, work: Path, args: argparse.Namespace) -> dict:
     import ctr_eval
     from mmembed.datasets import load_interactions
 

@@ -50,3 +50,8 @@ def test_a_stage_runs_in_a_child_and_reports_its_own_peak(tmp_path):
         figures = json.loads(out.stdout.strip().splitlines()[-1])
         assert figures["seconds"] > 0 and figures["peak_mb"] > 10
     assert figures["kept"] > 0 and figures["rows_read"] > figures["kept"]
+
+
+def test_every_stage_has_its_function():
+    for stage in scale.STAGES:
+        assert callable(getattr(scale, f"_stage_{stage.partition(':')[0]}", None)), stage
