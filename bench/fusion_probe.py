@@ -1,14 +1,15 @@
 """What each fusion-table row's item table holds of the synthetic truth (ridge probe).
 
-    python bench/fusion_probe.py                        # every row of the fusion table, seed 1
+    python bench/fusion_probe.py                        # every row of compare_fusions, seed 1
     python bench/fusion_probe.py --rows contrastive,gated --seed 2
+    python bench/fusion_probe.py --recipe recipes/other.yaml --run-dir runs/other
     python bench/fusion_probe.py --print-only           # the table from the results file
 
-The fusion table (bench/fusion_table.py) says how far each table gets under the fixed
-DIN; this says why. For each row it takes the (N+1, 128) table the DIN was trained with
-(``item_table.pt`` in the row's run folder under ``--work-dir``; a row without one is
-built as bench/fusion_table.py builds it, fitting the head unless ``--no-fit``) and fits
-a ridge regression from the table to each block of the generator's latent item vectors
+The fusion table (``mmembed run recipes/compare_fusions.yaml``) says how far each table
+gets under the fixed DIN; this says why. For each of the recipe's rows it takes the
+(N+1, 128) table the recipe judged (``tables/<row>-seed<k>.npz`` in the recipe's run
+folder; a row not built yet is built exactly as the recipe builds it, fitting the head
+unless ``--no-fit``) and fits a ridge regression from the table to each block of the generator's latent item vectors
 (``oracle/latent_layout.json``: text_only, shared, image_only, collab), exactly as
 bench/encoder_probe.py does for raw features: standardised columns, penalty by
 leave-one-out on the training part. Training part: a seeded random 80% of the items;
@@ -37,10 +38,9 @@ import numpy as np
 
 from encoder_probe import r2_score, ridge_predict
 from history_proxy import history_proxy_auc
-from fusion_table import (DEFAULT_ENCODERS, DEFAULT_HEADS, DEFAULT_WORK, REFERENCE_ROWS, ensure_root,
-                          finish_row_args, row_table)
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "fusion_probe.json"
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "compare_fusions.yaml"
 TRAIN_FRACTION = 0.8
 
 
@@ -50,26 +50,26 @@ def log(message: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=None, help="synthetic dataset root (default: fusion_table's)")
-    p.add_argument("--work-dir", default=str(DEFAULT_WORK), help="fusion_table's data, caches and run folders")
-    p.add_argument("--results-file", default=None, help=f"default {DEFAULT_RESULTS}")
-    p.add_argument("--rows", default=None, help="comma-separated rows (default: all of fusion_table's)")
-    p.add_argument("--encoders", default=",".join(DEFAULT_ENCODERS))
+    p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="the recipe whose rows are probed")
+    p.add_argument("--run-dir", default=None, help="its run folder (default runs/<recipe name>)")
+    p.add_argument("--results-file", default=str(DEFAULT_RESULTS))
+    p.add_argument("--rows", default=None, help="comma-separated rows (default: all of the recipe's)")
     p.add_argument("--seed", type=int, default=1, help="which seed's table (default 1)")
     p.add_argument("--no-fit", action="store_true",
-                   help="skip head rows whose table is not on disk (reference rows are always built)")
+                   help="skip head rows whose table is not built yet (reference rows are always built)")
     p.add_argument("--print-only", action="store_true", help="print the table, run nothing")
-    return finish_row_args(p, p.parse_args(argv), list(DEFAULT_HEADS), DEFAULT_RESULTS)
+    args = p.parse_args(argv)
+    from mmembed.recipes import load_recipe
 
-
-def stored_table(run_dir: Path) -> np.ndarray | None:
-    """The table a finished DIN run was trained with, or None."""
-    path = run_dir / "item_table.pt"
-    if not path.is_file():
-        return None
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)["emb"].numpy()
+    args.recipe = load_recipe(args.recipe)
+    names = [e.name for e in args.recipe.embeddings]
+    args.rows = names if args.rows is None else [r for r in args.rows.split(",") if r]
+    unknown = [r for r in args.rows if r not in names]
+    if unknown:
+        p.error(f"rows {unknown} are not in {args.recipe.source}; its rows: {', '.join(names)}")
+    args.run_dir = Path(args.run_dir or Path("runs") / args.recipe.name)
+    args.results_file = Path(args.results_file)
+    return args
 
 
 def probe_table(table: np.ndarray, latent: np.ndarray, blocks: dict[str, tuple[int, int]],
@@ -94,38 +94,42 @@ def run_missing(args: argparse.Namespace) -> dict:
     from ctr_eval.format import write_json
     from mmembed.recipes.tables import RARE_BELOW, load_truth
 
+    from mmembed.recipes.runner import RunContext, build_table, prepare_data
+
     results = json.loads(args.results_file.read_text()) if args.results_file.is_file() else {}
-    root = Path(args.root) if args.root else ensure_root(args)
+    ctx = RunContext(args.recipe, args.run_dir, args.run_dir.parent / ".cache", say=log)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data(ctx)
+    root = ctx.root
     truth = load_truth(root)
     layout = json.loads((root / "oracle" / "latent_layout.json").read_text())
     blocks = {name: (int(lo), int(hi)) for name, (lo, hi) in layout["blocks"].items()}
     frequent = truth.train_target_counts[1:] >= RARE_BELOW
     items = np.arange(1, len(truth.train_target_counts))
+    specs = {e.name: e for e in args.recipe.embeddings}
     for row in args.rows:
-        key = f"{row}|{args.seed}"
+        key = f"{args.recipe.name}/{row}|{args.seed}"
         if key in results:
             continue
-        table = stored_table(args.work_dir / "runs" / row.replace(":", "_") / f"seed{args.seed}")
-        source = "DIN run folder"
-        if table is None:
-            if args.no_fit and row not in REFERENCE_ROWS:
-                log(f"{row}: no stored table for seed {args.seed}, skipped (--no-fit)")
-                continue
-            log(f"{row}: building the table (seed {args.seed})")
-            table, _, _ = row_table(row, root, truth, args, args.seed)
-            table = truth.provided if table is None else table
-            source = "built"
-        results[key] = {"row": row, "seed": args.seed, "source": source, "frequent_items": int(frequent.sum()),
+        spec = specs[row]
+        stored = args.run_dir / "tables" / f"{row}-seed{args.seed}.npz"
+        if args.no_fit and not spec.is_reference and not stored.is_file():
+            log(f"{row}: no table built yet for seed {args.seed}, skipped (--no-fit)")
+            continue
+        table, _ = build_table(ctx, spec, args.seed, truth)  # the recipe's own, when built
+        table = truth.provided if table is None else table
+        results[key] = {"row": row, "seed": args.seed, "recipe": args.recipe.name,
+                        "frequent_items": int(frequent.sum()),
                         "r2": probe_table(np.asarray(table), truth.latent, blocks, frequent),
                         "history_cosine_auc": history_proxy_auc(np.asarray(table)[1:], items, root)}
         write_json(args.results_file, results)
-        log(f"{row}: probed ({source})")
+        log(f"{row}: probed")
     return results
 
 
-def format_table(results: dict, rows: list[str], seed: int) -> str:
+def format_table(results: dict, recipe: str, rows: list[str], seed: int) -> str:
     """Held-out R^2 per block, as all / frequent / rare items."""
-    recs = [results[f"{r}|{seed}"] for r in rows if f"{r}|{seed}" in results]
+    recs = [results[f"{recipe}/{r}|{seed}"] for r in rows if f"{recipe}/{r}|{seed}" in results]
     if not recs:
         return "(no results)"
     blocks = list(recs[0]["r2"])
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_only else run_missing(args)
     print(f"Seed {args.seed}'s table per row: history-cosine AUC on valid rows; held-out R^2 of each "
           "latent block, all / frequent / rare items:\n")
-    print(format_table(results, args.rows, args.seed))
+    print(format_table(results, args.recipe.name, args.rows, args.seed))
     return 0
 
 

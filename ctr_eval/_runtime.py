@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, send_to_device
-from tqdm.auto import tqdm
+from ctr_eval.progress import progress as progress_of
 
 from ctr_eval.checks import check_positive_int
 
@@ -36,7 +36,7 @@ class RunOptions:
     max_epochs: int | None = None  # cap on top of config.epochs (e.g. for a demo)
     device: str | None = None  # None: Accelerate's choice; "cpu"; "cuda"
     mixed_precision: str = "no"  # "no", "bf16", "fp16": autocast for GPUs (bf16 also on CPU)
-    progress: bool = True  # tqdm bar per epoch on the main process
+    progress: bool = True  # progress per epoch on the main process (ctr_eval.progress)
     eval_batch_size: int | None = None  # default max(batch_size, 4096): no effect on scores
     num_threads: int | None = None  # torch CPU threads; default cores / processes
     # Speed benchmarks only: each epoch trains its first max_steps batches and stops
@@ -204,8 +204,7 @@ def predict_probs(acc: Accelerator, unwrapped: Any, split: Any, batch_size: int,
     parts = []
     with torch.no_grad():
         steps = range(start, stop, batch_size)
-        for a in tqdm(steps, desc="predict", unit="batch", leave=False,
-                      disable=not (progress and acc.is_main_process)):
+        for a in progress_of(steps, desc="predict", unit="batch", enabled=progress and acc.is_main_process):
             rows = torch.arange(a, min(a + batch_size, stop))
             batch = send_to_device(split.batch(rows), acc.device)
             parts.append(torch.sigmoid(unwrapped(batch).float()))

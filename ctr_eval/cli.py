@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 from ctr_eval.checks import positive_int_arg
 from ctr_eval.logs import configure_cli_logging
+from ctr_eval.progress import quiet
 from ctr_eval.submission import TASK_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -197,14 +198,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_cli_logging(logging.WARNING if args.quiet or int(os.environ.get("RANK", "0")) != 0
                           else logging.INFO)
     try:
-        if args.command == "models":
-            from ctr_eval.models import list_models
+        with quiet(args.quiet):  # -q: no progress output either
+            if args.command == "models":
+                from ctr_eval.models import list_models
 
-            print("\n".join(list_models()))
-            return 0
-        if args.command == "train":
-            return _train(args)
-        return _predict(args)
+                print("\n".join(list_models()))
+                return 0
+            if args.command == "train":
+                return _train(args)
+            return _predict(args)
     except (ValueError, TypeError, OSError) as err:
         if args.verbose:
             raise

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import send_to_device, set_seed
-from tqdm.auto import tqdm
+from ctr_eval.progress import progress as progress_of
 
 from ctr_eval.format import atomic_path, item_table_fingerprint, write_json
 from ctr_eval._runtime import (RunOptions, global_batches, make_accelerator, predict_probs, prepare,
@@ -72,6 +72,7 @@ RESULT_FILE = "result.json"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "model_best.pt"
 ITEM_TABLE_FILE = "item_table.pt"
+VALID_SCORES_FILE = "valid_scores.npy"  # the best epoch's click probabilities, valid row order
 
 
 @dataclass
@@ -233,7 +234,7 @@ class Trainer:
             labels = self.valid_split.label.numpy()
             record["valid_auc"] = float(exact_auc(labels, probs))
             record["valid_logloss"] = float(clipped_logloss(labels, probs))
-            self._early_stop_update(acc, unwrapped, optimizer, state, record)
+            self._early_stop_update(acc, unwrapped, optimizer, state, record, probs)
             self._save_epoch_checkpoint(acc, unwrapped, optimizer, state)
 
         if not state.finished:
@@ -274,8 +275,8 @@ class Trainer:
         lr = optimizer.param_groups[0]["lr"]
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)  # no per-step sync
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}", unit="batch",
-                   disable=not (self.options.progress and acc.is_main_process), leave=False)
+        bar = progress_of(batches, desc=f"epoch {epoch + 1}", unit="batch",
+                          enabled=self.options.progress and acc.is_main_process)
         started = time.perf_counter()
         for batch_rows in bar:
             global_batch = self.train_split.batch(torch.from_numpy(batch_rows))
@@ -305,11 +306,17 @@ class Trainer:
         return record
 
     def _early_stop_update(self, acc: Accelerator, unwrapped: Any, optimizer: Any,
-                           state: TrainState, record: dict[str, Any]) -> None:
-        """FuxiCTR's checkpoint_and_earlystop, once per epoch."""
+                           state: TrainState, record: dict[str, Any], probs: np.ndarray) -> None:
+        """FuxiCTR's checkpoint_and_earlystop, once per epoch. The best epoch's valid
+        scores are kept beside its weights, for paired comparisons of runs (DeLong)."""
         cfg = self.config
         improved = early_stop_step(state, record, cfg)
         if improved and acc.is_main_process:
+            # scores first: a kill between the two writes leaves them newer, never older,
+            # than the weights, and a reader checks them against the recorded AUC
+            with atomic_path(self.run_dir / VALID_SCORES_FILE) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, np.asarray(probs, dtype=np.float32))
             torch_save(self.run_dir / BEST_CHECKPOINT, {
                 "model": _cpu_state(unwrapped), "model_name": self.model_name, "epoch": record["epoch"],
                 "config": config_to_dict(cfg), "config_hash": self.config_hash,

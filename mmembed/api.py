@@ -173,6 +173,15 @@ def extract(
     Everything that bad input can break (encoder specs and weights, fusion, dim, the
     data) is checked before any model runs.
     """
+    from ctr_eval.progress import quiet
+
+    with quiet(not progress):  # the fusion head's training obeys ``progress`` too
+        return _extract(data, encoders, fusion, dim, images, sequences, cache_dir, shard_size, batch_size,
+                        num_workers, progress)
+
+
+def _extract(data: Any, encoders: Any, fusion: Any, dim: int | None, images: Any, sequences: Any,
+             cache_dir: Any, shard_size: int, batch_size: int, num_workers: int, progress: bool) -> ItemEmbeddings:
     built, labels, head = _build_models(encoders, fusion, dim)
     catalog, source_dir, source = _as_catalog(data, images, progress)
     sequences, sequence_record = _head_sequences(head, sequences, catalog, source_dir, source, progress)

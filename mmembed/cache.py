@@ -353,18 +353,15 @@ def _compute_shards(
     progress: bool,
 ) -> None:
     item_ids = np.asarray(catalog.item_ids, dtype=np.int64)
-    bar = None
-    if progress and ranges:
-        from tqdm.auto import tqdm
+    from ctr_eval.progress import progress as progress_of
 
-        bar = tqdm(total=sum(stop - start for start, stop in ranges), desc=f"{encoder.name} features", unit="item")
+    bar = progress_of(total=sum(stop - start for start, stop in ranges), desc=f"{encoder.name} features",
+                      unit="item", enabled=progress)
     try:
         for start, stop in ranges:
             subset = catalog.subset(np.arange(start, stop))
             features = encoder.encode(subset, batch_size=batch_size, progress=progress, num_workers=num_workers)
             _save(_shard_path(folder, start, stop), _write_shard, features, item_ids[start:stop])
-            if bar is not None:
-                bar.update(stop - start)
+            bar.update(stop - start)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()

@@ -432,7 +432,7 @@ def _add_log_flags(parser: argparse.ArgumentParser, top: bool) -> None:
 def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("demo", parents=[common],
                        help="the main job on synthetic MicroLens data (what run.sh demo runs)",
-                       description="Run the shipped recipe recipes/demo.yaml: synthetic MicroLens small, "
+                       description="Run the shipped recipe recipes/demo.yaml: synthetic MicroLens (demo scale), "
                                    "the offline encoders, the fusion heads against the provided, random "
                                    "and oracle tables under the fixed DIN, neighbour checks, the report.",
                        epilog="example:\n  mmembed demo                 # -> runs/demo/report/index.html\n"
@@ -449,8 +449,10 @@ def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_synth(sub: Any, common: argparse.ArgumentParser) -> None:
+    from mmembed.datasets.synthetic.scales import SCALES
+
     p = _parser(sub, common, "synth", help="write a synthetic MicroLens dataset with a known truth")
-    p.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
+    p.add_argument("--scale", choices=list(SCALES), default="small")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--out", required=True, help="dataset root to write")
     p.add_argument("--zip", action="store_true", help="pack the covers as item_images.zip")
@@ -492,8 +494,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
+    from ctr_eval.progress import quiet
+
     try:
-        return args.func(args)
+        with quiet(args.quiet):  # -q: no progress output from any stage
+            return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

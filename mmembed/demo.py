@@ -1,7 +1,7 @@
 """The demo behind `bash run.sh demo`: the recipe ``recipes/demo.yaml``, run like
 ``mmembed run`` into ``runs/demo``.
 
-It generates synthetic MicroLens ``small`` (once), extracts the offline encoders' features
+It generates synthetic MicroLens at the ``demo`` scale (once), extracts the offline encoders' features
 (cached), fits the fusion heads, trains the challenge's fixed DIN on every table, runs the
 neighbour checks and writes the report; it ends with the table and the report's path.
 Everything is cached by content, so a second run computes nothing new and a killed one
@@ -21,8 +21,8 @@ OFFLINE_CLIP = {"name": "clip", "model": "ViT-S-32", "towers": "image", "pretrai
 #: the shipped recipe, beside the package in a clone of the repository
 DEMO_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
 
-#: ``--quick``: the tiny set (all its 4,000 train rows), smaller DIN batches
-QUICK_OVERRIDES = ("data.synthetic=tiny", "models.0.settings.batch_size=256")
+#: ``--quick``: the tiny set (all its 4,000 train rows), one epoch of smaller DIN batches
+QUICK_OVERRIDES = ("data.synthetic=tiny", "models.0.settings.batch_size=256", "models.0.max_epochs=1")
 
 
 def run_demo(out: Path | None = None, seed: int = 0, quick: bool = False, overrides: Sequence[str] = (),

@@ -162,7 +162,7 @@ def test_demo_runs_the_shipped_recipe_with_quick_and_set_overrides(tmp_path, cap
     assert recipe.models[0].max_epochs == 1 and ran["run_dir"] == tmp_path / "d"
     assert ran["progress"] is False and "demo finished in" in capsys.readouterr().out
     assert main(["demo", "--out", str(tmp_path / "d")]) == 0
-    assert ran["recipe"].data.synthetic == "small" and ran["run_dir"] == tmp_path / "d"
+    assert ran["recipe"].data.synthetic == "demo" and ran["run_dir"] == tmp_path / "d"
     names = [e.name for e in ran["recipe"].embeddings]
     assert {"provided", "random", "oracle", "concat_pca", "contrastive"} <= set(names)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from ctr_eval.metrics import auc, logloss
+from ctr_eval.metrics import auc, delong, logloss
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -60,3 +60,62 @@ def test_logloss_refuses_non_probabilities():
         logloss([1], [1.5])
     with pytest.raises(ValueError, match=r"eps must be in \(0, 0.5\)"):
         logloss([1], [0.5], eps=0.0)
+
+
+def _delong_by_pairs(y, scores):
+    """DeLong's structural components the slow way: every (positive, negative) pair."""
+    y = np.asarray(y)
+    out_v10, out_v01, aucs = [], [], []
+    for s in scores:
+        p, n = s[y == 1][:, None], s[y == 0][None, :]
+        psi = (p > n) + 0.5 * (p == n)
+        out_v10.append(psi.mean(axis=1))
+        out_v01.append(psi.mean(axis=0))
+        aucs.append(psi.mean())
+    v10, v01 = np.array(out_v10), np.array(out_v01)
+    return np.array(aucs), np.cov(v10) / v10.shape[1] + np.cov(v01) / v01.shape[1]
+
+
+def _correlated_scores(rng, n=600):
+    y = (rng.random(n) < 0.3).astype(float)
+    base = y + rng.standard_normal(n)
+    a = base + 0.5 * rng.standard_normal(n)
+    b = np.round(base + 0.8 * rng.standard_normal(n), 1)  # ties
+    c = rng.standard_normal(n)  # no signal
+    return y, np.stack([a, b, c])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_delong_matches_the_pairwise_definition(seed):
+    y, scores = _correlated_scores(np.random.default_rng(seed))
+    aucs, cov = delong(y, scores)
+    ref_aucs, ref_cov = _delong_by_pairs(y, scores)
+    np.testing.assert_allclose(aucs, ref_aucs, rtol=1e-12)
+    np.testing.assert_allclose(aucs, [roc_auc_score(y, s) for s in scores], rtol=1e-12)
+    np.testing.assert_allclose(cov, ref_cov, rtol=1e-9, atol=1e-15)
+    assert cov.shape == (3, 3) and np.allclose(cov, cov.T)
+
+
+def test_delong_variance_of_a_difference_agrees_with_a_bootstrap():
+    rng = np.random.default_rng(3)
+    y, scores = _correlated_scores(rng, n=2000)
+    aucs, cov = delong(y, scores)
+    var_diff = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    diffs = []
+    for _ in range(1500):  # stratified: DeLong's variance holds the class counts fixed
+        rows = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
+        diffs.append(auc(y[rows], scores[0, rows]) - auc(y[rows], scores[1, rows]))
+    assert np.var(diffs) == pytest.approx(var_diff, rel=0.15)
+    assert var_diff < cov[0, 0] + cov[1, 1]  # correlated scorings: pairing narrows the difference
+
+
+def test_delong_single_scoring_and_bad_input():
+    y = np.array([0, 1, 0, 1, 1, 0])
+    aucs, cov = delong(y, [0.1, 0.9, 0.3, 0.2, 0.8, 0.4])
+    assert aucs.shape == (1,) and cov.shape == (1, 1)
+    assert aucs[0] == pytest.approx(auc(y, [0.1, 0.9, 0.3, 0.2, 0.8, 0.4]))
+    with pytest.raises(ValueError, match="at least 2 positives"):
+        delong([0, 0, 1], [[0.1, 0.2, 0.3]])
+    with pytest.raises(ValueError, match=r"3 values but scores\[0\] has 2"):
+        delong([0, 1, 0], [[0.1, 0.2]])

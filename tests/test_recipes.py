@@ -1,9 +1,11 @@
 """Recipes: parsing and every refusal, a tiny recipe end to end, caching and resume."""
 from __future__ import annotations
 
+import csv
 import json
 import textwrap
 
+import numpy as np
 import pytest
 
 from mmembed.recipes import RecipeError, load_recipe, parse_recipe, run_recipe
@@ -157,7 +159,27 @@ def test_a_tiny_recipe_runs_end_to_end_and_a_rerun_computes_nothing(tiny_root, t
                  "summary.md", "logs/run.log"):
         assert (run / name).is_file(), name
     summary = (run / "summary.md").read_text()
-    assert "| din (task 2) | oracle | 1 |" in summary and "100%" in summary
+    assert "| din (task 2) | oracle | 1 |" in summary and "| provided | 1 | " in summary
+    # paired intervals: each record's DeLong covariances with the others, from the best
+    # epoch's saved valid scores (their AUC is the record's)
+    import pyarrow.parquet as pq
+
+    from ctr_eval.metrics import delong
+
+    labels = pq.read_table(tiny_root / "MicroLens_1M_x1" / "valid.parquet").column("label").to_numpy()
+    names = [r["embedding"] for r in records]
+    scores = [np.load(run / "ctr" / "din" / n / "seed1" / "valid_scores.npy") for n in names]
+    aucs, cov = delong(labels, np.stack(scores))
+    for i, r in enumerate(records):
+        assert r["valid_auc"] == pytest.approx(aucs[i], abs=1e-9) and r["baseline"] == "provided"
+        assert [r["valid_auc_cov"][n] for n in names] == pytest.approx(list(cov[i]))
+    lines = {line["embedding"]: line for line in csv.DictReader(open(run / "metrics.csv"))}
+    diff = float(lines["sbert_pca"]["diff_to_baseline"])
+    assert diff == pytest.approx(records[3]["valid_auc"] - records[0]["valid_auc"])
+    half = 1.959964 * np.sqrt(cov[3, 3] + cov[0, 0] - 2 * cov[0, 3])
+    assert float(lines["sbert_pca"]["diff_low"]) == pytest.approx(diff - half, rel=1e-5)
+    assert lines["sbert_pca"]["verdict"] in ("better", "worse", "undecided")
+    assert lines["provided"]["verdict"] == "baseline" and "DeLong" in lines["sbert_pca"]["interval"]
     assert json.loads((run / "environment.json").read_text())["packages"]["torch"]
     again = run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=said.append)
     assert calls == {"judge": 4, "extract": 1}  # nothing new

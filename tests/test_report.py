@@ -297,34 +297,47 @@ def test_the_page_renders_in_headless_chromium_with_every_image_loaded(run, tmp_
     assert int(found.group(1)) == len(_img_srcs(run["html"])) > 10 and found.group(2) == ""
 
 
-def _records(aucs: dict[str, float]) -> list[dict]:
-    return [{"model": "din", "embedding": name, "seed": 1, "valid_auc": auc} for name, auc in aucs.items()]
+def _records(aucs: dict[str, float], sd: float | None = None) -> list[dict]:
+    """One-seed records; with ``sd``, DeLong covariances of independent AUCs of that sd."""
+    records = [{"model": "din", "embedding": name, "seed": 1, "valid_auc": auc} for name, auc in aucs.items()]
+    if sd is not None:
+        for r in records:
+            r["valid_auc_cov"] = {name: sd**2 if name == r["embedding"] else 0.0 for name in aucs}
+    return records
 
 
 def test_judge_notes_flag_a_judge_that_did_not_order_its_references():
     from mmembed.recipes.results import judge_notes, summary_rows
 
-    ordered = summary_rows(_records({"provided": 0.64, "random": 0.59, "oracle": 0.75, "head": 0.70}))
-    assert judge_notes(ordered) == []
-    assert "did not order" not in format_summary(_records({"provided": 0.64, "random": 0.59, "oracle": 0.75}))
-    swapped = judge_notes(summary_rows(_records({"provided": 0.53, "random": 0.55, "oracle": 0.57, "head": 0.59})))
-    assert len(swapped) == 1
-    assert "random 0.5500 >= provided 0.5300" in swapped[0] and "head 0.5900 > oracle 0.5700" in swapped[0]
-    assert swapped[0] in format_summary(_records({"provided": 0.53, "random": 0.55, "oracle": 0.57, "head": 0.59}))
+    aucs = {"provided": 0.64, "random": 0.59, "oracle": 0.75, "head": 0.70}
+    assert judge_notes(summary_rows(_records(aucs, sd=0.005))) == []
+    # the same means, but intervals too wide to decide random < provided
+    (wide,) = judge_notes(summary_rows(_records(aucs, sd=0.02)))
+    assert "provided - random = +0.0500 [" in wide and "(not decided)" in wide
+    assert "oracle - random" not in wide  # 0.16 apart: decided even at this noise
+    swapped = {"provided": 0.53, "random": 0.55, "oracle": 0.57, "head": 0.60}
+    (note,) = judge_notes(summary_rows(_records(swapped, sd=0.002)))
+    assert "provided - random = -0.0200 [" in note and "(reversed)" in note
+    assert "head - oracle = +0.0300 [" in note and "(above the oracle)" in note
+    assert note in format_summary(_records(swapped, sd=0.002))
+    # a run that kept no valid scores: only a reversed mean is flagged
+    assert judge_notes(summary_rows(_records(aucs))) == []
+    (old,) = judge_notes(summary_rows(_records(swapped)))
+    assert "provided - random = -0.0200 (reversed; no interval)" in old
     # without a random row there is nothing to check against; a lone model is fine
-    assert judge_notes(summary_rows(_records({"provided": 0.53, "head": 0.59}))) == []
+    assert judge_notes(summary_rows(_records({"provided": 0.53, "head": 0.59}, sd=0.01))) == []
 
 
 def test_the_report_warns_when_the_judge_ranks_random_above_provided(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run["dir"], copy)
     metrics = json.loads((copy / "metrics.json").read_text())
-    provided = float(np.mean([r["valid_auc"] for r in metrics if r["embedding"] == "provided"]))
-    warning = "did not order the reference tables (random"
-    for shift, warned in ((-0.01, False), (0.01, True)):
+    provided = {r["seed"]: r["valid_auc"] for r in metrics if r["embedding"] == "provided"}
+    warning = "did not order the reference tables (provided - random = "
+    for shift, warned in ((-0.01, False), (0.01, True)):  # the same shift each seed: decided
         for r in metrics:
             if r["embedding"] == "random":
-                r["valid_auc"] = provided + shift
+                r["valid_auc"] = provided[r["seed"]] + shift
         (copy / "metrics.json").write_text(json.dumps(metrics))
         index = write_report(copy)
         html, md = index.read_text(encoding="utf-8"), (index.parent / "summary.md").read_text(encoding="utf-8")

@@ -301,7 +301,7 @@ def test_text_and_image_each_carry_what_the_other_lacks(tiny_root):
 
 def test_bad_arguments_are_rejected_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=re.escape("unknown scale 'huge'; valid scales: tiny, "
-                                                   "small, full")):
+                                                   "demo, small, full")):
         generate(tmp_path / "a", scale="huge")
     with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
         generate(tmp_path / "b", seed=-1)
@@ -327,7 +327,7 @@ def test_bad_arguments_are_rejected_before_any_work(tmp_path):
 
 
 def test_scales_match_the_documented_sizes():
-    assert list(SCALES) == ["tiny", "small", "full"]
+    assert list(SCALES) == ["tiny", "demo", "small", "full"]
     full = SCALES["full"]
     assert (full.n_items, full.n_train, full.n_valid, full.n_test) == \
         (91_717, 3_600_000, 10_000, 379_142)

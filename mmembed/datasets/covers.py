@@ -90,13 +90,13 @@ def classify_covers(source: Any, item_ids: np.ndarray, progress: bool = False,
     prepare = getattr(source, "prepare", None)
     if prepare is not None:
         prepare()  # e.g. extract a RAR archive once, before the threads start reading
-    from tqdm.auto import tqdm
+    from ctr_eval.progress import progress as progress_of
 
     judge = functools.partial(_cover_status, source, reduced=reduced)
     pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
     try:
-        statuses = tqdm(pool.map(judge, to_read), total=len(to_read), desc="check images",
-                        unit="img", disable=not progress)
+        statuses = progress_of(pool.map(judge, to_read), total=len(to_read), desc="check images",
+                               unit="img", enabled=progress)
         for item_id, status in zip(to_read, statuses):
             if status != OK:
                 found[status].append(item_id)

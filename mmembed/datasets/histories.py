@@ -112,8 +112,7 @@ def load_train_histories(data_dir: str | os.PathLike, max_len: int | None = None
             for path, pf in zip(paths, files):
                 for read, users, seqs in _read_windows(path, pf, width):
                     buckets.add(users, seqs)
-                    if bar is not None:
-                        bar.update(read)
+                    bar.update(read)
         users, seqs = buckets.reduce()
     distinct = len(users)
     if max_histories is not None and distinct > max_histories:
@@ -168,13 +167,9 @@ def _check_int32(matrix: np.ndarray, path: Path, start: int) -> None:
 
 
 def _progress_bar(total: int, show: bool):
-    from contextlib import nullcontext
+    from ctr_eval.progress import progress
 
-    if not show:
-        return nullcontext(None)
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="train histories", unit=" rows", unit_scale=True, leave=False)
+    return progress(total=total, desc="train histories", unit="rows", enabled=show)
 
 
 # -- buckets -----------------------------------------------------------------------------------

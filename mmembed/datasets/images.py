@@ -306,12 +306,12 @@ class RarImageSource(FolderImageSource):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         logger.info("extracting %s (%d files) into %s", self.path, len(self._plan), self.folder)
-        from tqdm.auto import tqdm
+        from ctr_eval.progress import progress
 
         try:
             with rarfile.RarFile(self.path, errors="strict") as archive:
-                for name, rel in tqdm(self._plan, desc=f"extract {self.path.name}",
-                                      unit="file", disable=not self.progress):
+                for name, rel in progress(self._plan, desc=f"extract {self.path.name}",
+                                          unit="file", enabled=self.progress):
                     dest = tmp / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     try:

@@ -16,6 +16,7 @@ Subclasses set ``name``, ``modalities`` and ``defaults`` and implement ``dim``,
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -176,7 +177,8 @@ class Encoder(ABC):
     def load(self) -> "Encoder":
         """Load the model now (encode does this on first use)."""
         if self._model is None:
-            self._model = self._load_model()
+            with _no_library_bars():
+                self._model = self._load_model()
         return self
 
     def encode(
@@ -303,10 +305,26 @@ def batched_positions(order: Sequence[int], batch_size: int) -> Iterator[list[in
         yield list(order[start : start + batch_size])
 
 
-def progress_bar(iterable: Iterable, total: int | None, desc: str, enabled: bool):
-    """A tqdm bar over ``iterable`` when ``enabled``, else the iterable unchanged."""
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def _no_library_bars() -> Iterator[None]:
+    """No bars of transformers' own (its weight-loading bar) while a model loads from local
+    files: a second's work that would otherwise print a bar into every log."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
-    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+def progress_bar(iterable: Iterable, total: int | None, desc: str, enabled: bool):
+    """Progress over ``iterable`` when ``enabled`` (see :mod:`ctr_eval.progress`)."""
+    from ctr_eval.progress import progress
+
+    return progress(iterable, total=total, desc=desc, unit="batch", enabled=enabled)

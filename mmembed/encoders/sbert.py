@@ -13,9 +13,11 @@ import numpy as np
 
 from ..weights import ResolvedWeights, resolve_model
 from . import register_encoder
-from .base import Encoder, compose_texts
+from .base import Encoder, compose_texts, progress_bar
 
 logger = logging.getLogger(__name__)
+
+SBERT_CHUNK_BATCHES = 16  # batches per encode call: one progress step
 
 
 @register_encoder("sbert")
@@ -78,15 +80,18 @@ class SBertEncoder(Encoder):
         valid = np.array([bool(t) for t in texts], dtype=bool)
         vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
         present = np.flatnonzero(valid)
-        if len(present):
-            out = self._model.encode(
-                [texts[i] for i in present],
+        # sentence-transformers' own bar would redraw per batch into logs: chunks of
+        # batches go through the project's progress instead (ctr_eval.progress)
+        chunks = [present[start:start + SBERT_CHUNK_BATCHES * batch_size]
+                  for start in range(0, len(present), SBERT_CHUNK_BATCHES * batch_size)]
+        for chunk in progress_bar(chunks, len(chunks), "sbert", progress):
+            vectors[chunk] = self._model.encode(
+                [texts[i] for i in chunk],
                 batch_size=batch_size,
-                show_progress_bar=progress,
+                show_progress_bar=False,
                 convert_to_numpy=True,
                 normalize_embeddings=self.options["normalize"],
             )
-            vectors[present] = out
         return vectors, valid, {}
 
 

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ctr_eval.progress import progress
 
 from ctr_eval.checks import check_positive_int
 from mmembed.fusion._checkpoint import Checkpoint
@@ -311,8 +311,8 @@ class _Run:
                     self.acc.num_processes, self.acc.device, len(held_pairs), options)
         show = self.acc.is_main_process and logger.isEnabledFor(logging.INFO)
         batches: list[np.ndarray] | None = None
-        with tqdm(total=options.max_steps, initial=state["step"], desc=f"{self.where} steps",
-                  disable=not show, leave=False) as bar:
+        with progress(total=options.max_steps, initial=state["step"], desc=f"{self.where} steps",
+                      unit="step", enabled=show) as bar:
             while not state["done"] and state["step"] < options.max_steps:
                 if batches is None:
                     pairs = sampler(state["pass"])

@@ -29,7 +29,8 @@ import yaml
 
 from ctr_eval.format import atomic_path
 from mmembed.recipes import report_plots as plots
-from mmembed.recipes.results import SUMMARY_HEADER, judge_notes, spearman_note, summary_cells, summary_rows
+from mmembed.recipes.results import (SUMMARY_HEADER, interval_note, judge_notes, spearman_note, summary_cells,
+                                     summary_rows)
 
 logger = logging.getLogger(__name__)
 
@@ -224,9 +225,9 @@ def _html_comparison(content: dict) -> str:
         cells = summary_cells(row, flag_untrained=False)
         body.append("<tr>" + _cell(_e(cells[0]), True) + _cell(_name(row["embedding"], row["untrained"]), True)
                     + "".join(_cell(c) for c in cells[2:]) + "</tr>")
-    note = spearman_note(content["rows"])
+    notes = [n for n in (interval_note(content["rows"]), spearman_note(content["rows"])) if n]
     warnings = "".join(f'<p class="warn">⚠ {_e(w)}.</p>' for w in judge_notes(content["rows"]))
-    return _table(SUMMARY_HEADER, body) + warnings + (f"<p>{_e(note)}</p>" if note else "")
+    return _table(SUMMARY_HEADER, body) + warnings + "".join(f"<p>{_e(n)}.</p>" for n in notes)
 
 
 def _html_knn(content: dict) -> str:
@@ -315,8 +316,8 @@ def _md_tables(content: dict) -> list[str]:
     lines = []
     if content["rows"]:
         lines += _md_table(SUMMARY_HEADER, [summary_cells(r) for r in content["rows"]])
-        note = spearman_note(content["rows"])
-        lines += ["", f"`-`: {NOT_COMPUTED}." + (f" {note}." if note else "")]
+        notes = [n for n in (interval_note(content["rows"]), spearman_note(content["rows"])) if n]
+        lines += ["", f"`-`: {NOT_COMPUTED}." + "".join(f" {n}." for n in notes)]
         lines += [line for warning in judge_notes(content["rows"]) for line in ("", f"**Warning**: {warning}.")]
     else:
         lines.append(f"Comparison table: {NOT_COMPUTED} (no CTR results).")

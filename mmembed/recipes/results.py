@@ -8,14 +8,34 @@ from typing import Any
 import numpy as np
 
 from ctr_eval.format import atomic_path, write_json
+from mmembed.recipes.compare import Interval, default_baseline, gap_closed, paired_difference
 
-__all__ = ["write_results", "summary_rows", "summary_cells", "spearman_note", "judge_notes", "format_summary",
-           "spearman", "SUMMARY_HEADER"]
+__all__ = ["write_results", "summary_rows", "summary_cells", "spearman_note", "interval_note", "judge_notes",
+           "format_summary", "spearman", "baseline_of", "SUMMARY_HEADER"]
 
 _COLUMNS = ("embedding", "model", "seed", "valid_auc", "valid_logloss", "test_auc", "rare_test_auc",
             "rare_test_rows", "proxy_auc", "knn_tag_overlap", "knn_coclick_hit", "knn_truth_overlap",
             "knn_effective_rank", "knn_near_duplicate_share", "fit_seconds", "train_seconds",
-            "epochs_run", "best_epoch", "untrained")
+            "epochs_run", "best_epoch", "untrained",
+            # the row's (model, embedding) comparison, repeated on each of its seeds' lines
+            "baseline", "diff_to_baseline", "diff_low", "diff_high", "interval", "verdict",
+            "gap_closed", "gap_low", "gap_high")
+
+
+def _csv_lines(records: list[dict]) -> list[dict]:
+    """The records with their row's paired comparison (see :func:`summary_rows`)."""
+    shared_of = {}
+    for row in summary_rows(records):
+        diff, gap = row["vs_baseline"], row["gap"]
+        shared = {"baseline": row["baseline"] or ""}
+        if diff is not None:
+            shared.update(diff_to_baseline=diff.estimate, diff_low=diff.low, diff_high=diff.high,
+                          interval=diff.method_text, verdict=diff.verdict if row["embedding"] != row["baseline"]
+                          else "baseline")
+        if gap is not None:
+            shared.update(gap_closed=gap.estimate, gap_low=gap.low, gap_high=gap.high)
+        shared_of[row["model"], row["embedding"]] = shared
+    return [{**r, **shared_of[r["model"], r["embedding"]]} for r in records]  # run order
 
 
 def write_results(ctx: Any, records: list[dict]) -> str:
@@ -24,7 +44,7 @@ def write_results(ctx: Any, records: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(records)
+    writer.writerows(_csv_lines(records))
     with atomic_path(ctx.run_dir / "metrics.csv") as tmp:
         tmp.write_text(buffer.getvalue(), encoding="utf-8")
     text = format_summary(records)
@@ -43,7 +63,10 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
-    """One row per (model, embedding), in the recipe's order, with means over seeds."""
+    """One row per (model, embedding), in the recipe's order, with means over seeds, the
+    paired difference to the baseline row (``vs_baseline``, an
+    :class:`~mmembed.recipes.compare.Interval`) and the share of the random-to-oracle
+    gap closed (``gap``; None with ``gap_reason`` when not shown)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["model"], r["embedding"]), []).append(r)
@@ -54,17 +77,45 @@ def summary_rows(records: list[dict]) -> list[dict]:
                 if any(r.get(k) is not None for r in recs)}
         rows.append({"model": model, "embedding": embedding, "seeds": [r["seed"] for r in recs],
                      "records": recs, "mean": mean, "untrained": any(r.get("untrained") for r in recs)})
+    baseline = baseline_of(records)
     for row in rows:
-        low = next((r["mean"]["valid_auc"] for r in rows if r["model"] == row["model"] and r["embedding"] == "random"), None)
-        high = next((r["mean"]["valid_auc"] for r in rows if r["model"] == row["model"] and r["embedding"] == "oracle"), None)
-        row["gap_closed"] = None if low is None or high is None or high == low else \
-            (row["mean"]["valid_auc"] - low) / (high - low)
+        same_model = {r["embedding"]: r["records"] for r in rows if r["model"] == row["model"]}
+        row["baseline"] = baseline if baseline in same_model else None
+        row["vs_baseline"] = (paired_difference(row["records"], same_model[baseline])
+                              if row["baseline"] else None)
+        row["gap"], row["gap_reason"] = None, _gap_reason(same_model)
+        if row["gap_reason"] is None:
+            row["gap"] = gap_closed(row["records"], same_model["random"], same_model["oracle"])
     return rows
 
 
+def baseline_of(records: list[dict]) -> str | None:
+    """The row the others are compared with: what the runner recorded (the recipe's
+    ``baseline``), else :func:`~mmembed.recipes.compare.default_baseline`."""
+    named = next((r["baseline"] for r in records if r.get("baseline")), None)
+    return named or default_baseline(list(dict.fromkeys(r["embedding"] for r in records)))
+
+
+def _gap_reason(same_model: dict[str, list[dict]]) -> str | None:
+    """Why "gap closed" is not shown for a model's rows (None: it is)."""
+    if "random" not in same_model or "oracle" not in same_model:
+        return "needs the random and oracle rows"
+    spread = paired_difference(same_model["oracle"], same_model["random"])
+    if spread is None:
+        return "the oracle-random difference has no interval"
+    if spread.verdict != "better":
+        return "the judge did not place the oracle above random"
+    return None
+
+
 #: the columns of the summary table, in order (see :func:`summary_cells`)
-SUMMARY_HEADER = ("model", "embedding", "seeds", "valid AUC", "gap closed", "test AUC", "rare-item test AUC",
-                  "proxy AUC", "tag overlap@10", "co-click hit@10", "fit s", "train s")
+SUMMARY_HEADER = ("model", "embedding", "seeds", "valid AUC", "vs baseline (95% CI)", "verdict", "gap closed",
+                  "test AUC", "rare-item test AUC", "proxy AUC", "tag overlap@10", "co-click hit@10", "fit s",
+                  "train s")
+
+
+def _signed(interval: Interval, fmt: str) -> str:
+    return f"{interval.estimate:{fmt}} [{interval.low:{fmt}}, {interval.high:{fmt}}]"
 
 
 def summary_cells(row: dict, flag_untrained: bool = True) -> list[str]:
@@ -72,11 +123,30 @@ def summary_cells(row: dict, flag_untrained: bool = True) -> list[str]:
     ``flag_untrained`` appends "(random-init encoder)" to the embedding's name."""
     recs = row["records"]
     pick = lambda key: _mean_sd([r.get(key) for r in recs])  # noqa: E731
-    gap = "-" if row["gap_closed"] is None else f"{row['gap_closed']:.0%}"
+    if row["embedding"] == row["baseline"]:
+        diff, verdict = "baseline", "—"
+    elif row["vs_baseline"] is None:
+        diff, verdict = "-", "-"
+    else:
+        diff, verdict = _signed(row["vs_baseline"], "+.4f"), row["vs_baseline"].verdict
+    gap = "-" if row["gap"] is None else (
+        f"{row['gap'].estimate:.0%} [{row['gap'].low:.0%}, {row['gap'].high:.0%}]")
     name = row["embedding"] + (" (random-init encoder)" if flag_untrained and row["untrained"] else "")
-    return [row["model"], name, str(len(recs)), pick("valid_auc"), gap, pick("test_auc"), pick("rare_test_auc"),
-            pick("proxy_auc"), pick("knn_tag_overlap"), pick("knn_coclick_hit"),
+    return [row["model"], name, str(len(recs)), pick("valid_auc"), diff, verdict, gap, pick("test_auc"),
+            pick("rare_test_auc"), pick("proxy_auc"), pick("knn_tag_overlap"), pick("knn_coclick_hit"),
             f"{row['mean'].get('fit_seconds', 0):.1f}", f"{row['mean'].get('train_seconds', 0):.0f}"]
+
+
+def interval_note(rows: list[dict]) -> str | None:
+    """How the intervals of :func:`summary_rows` were made, for under the table."""
+    methods = {row["vs_baseline"].method_text for row in rows if row["vs_baseline"] is not None}
+    baselines = sorted({row["baseline"] for row in rows if row["baseline"]})
+    if not methods:
+        return None
+    reasons = sorted({f"{row['model']}: {row['gap_reason']}" for row in rows if row["gap_reason"]})
+    return (f"Differences: valid AUC minus that of {', '.join(baselines)} on the same validation rows, with "
+            f"95% intervals ({'; '.join(sorted(methods))}); a verdict is decided when its interval is clear "
+            "of zero" + (f". Gap closed not shown ({'; '.join(reasons)})" if reasons else ""))
 
 
 def spearman_note(rows: list[dict]) -> str | None:
@@ -88,25 +158,48 @@ def spearman_note(rows: list[dict]) -> str | None:
             f"the {len(rows)} rows: {rho:.2f}")
 
 
+#: the order a judge must give the reference rows (lower, higher)
+REFERENCE_ORDER = (("random", "provided"), ("random", "oracle"), ("provided", "oracle"))
+
+
+def _order_problem(low: list[dict], high: list[dict], label: str) -> str | None:
+    """What is wrong with the judge's order of two reference rows, if anything: the
+    difference is reversed or undecided by its interval; without an interval (a run that
+    kept no valid scores, one seed) only a reversed mean counts."""
+    diff = paired_difference(high, low)
+    if diff is not None:
+        if diff.verdict == "better":
+            return None
+        return f"{label} = {_signed(diff, '+.4f')} ({'reversed' if diff.verdict == 'worse' else 'not decided'})"
+    sides = [[r["valid_auc"] for r in recs if r.get("valid_auc") is not None] for recs in (high, low)]
+    if not all(sides):
+        return None
+    gap = np.mean(sides[0]) - np.mean(sides[1])
+    return None if gap > 0 else f"{label} = {gap:+.4f} (reversed; no interval)"
+
+
 def judge_notes(rows: list[dict]) -> list[str]:
-    """A warning per CTR model whose valid AUCs did not order the reference rows of
-    :func:`summary_rows` as they must be (random below provided and below oracle, oracle
-    on top): then that model's differences in this run are noise, not a ranking."""
+    """A warning per CTR model that did not order the reference rows of
+    :func:`summary_rows` as they must be (random < provided < oracle), each difference
+    decided by its paired interval, or that put a row decidedly above the oracle: then
+    that model's differences in this run are not a ranking."""
     notes = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        auc = {r["embedding"]: r["mean"].get("valid_auc") for r in rows if r["model"] == model}
-        auc = {k: v for k, v in auc.items() if v is not None}
+        recs = {r["embedding"]: r["records"] for r in rows if r["model"] == model}
         problems = []
-        if "random" in auc:
-            problems += [f"random {auc['random']:.4f} >= {ref} {auc[ref]:.4f}"
-                         for ref in ("provided", "oracle") if ref in auc and auc[ref] <= auc["random"]]
-        if "oracle" in auc:
-            problems += [f"{name} {value:.4f} > oracle {auc['oracle']:.4f}"
-                         for name, value in auc.items() if value > auc["oracle"]]
+        for low, high in REFERENCE_ORDER:
+            if low in recs and high in recs:
+                problem = _order_problem(recs[low], recs[high], f"{high} - {low}")
+                problems += [problem] if problem else []
+        if "oracle" in recs:
+            for name, these in recs.items():
+                diff = paired_difference(these, recs["oracle"])
+                if name not in ("oracle", "content_oracle") and diff is not None and diff.verdict == "better":
+                    problems.append(f"{name} - oracle = {_signed(diff, '+.4f')} (above the oracle)")
         if problems:
             notes.append(f"{model} did not order the reference tables ({'; '.join(problems)}): in this run "
-                         "its AUC differences are within its noise, not a ranking; more training "
-                         "(max_epochs, train_rows) or more seeds settle them")
+                         "its AUC differences are not a ranking; more training (max_epochs, train_rows) "
+                         "or more seeds settle them")
     return notes
 
 
@@ -114,7 +207,7 @@ def format_summary(records: list[dict]) -> str:
     rows = summary_rows(records)
     lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + " --- |" * len(SUMMARY_HEADER)]
     lines += ["| " + " | ".join(summary_cells(row)) + " |" for row in rows]
-    notes = judge_notes(rows) + [note for note in [spearman_note(rows)] if note]
+    notes = judge_notes(rows) + [note for note in [interval_note(rows), spearman_note(rows)] if note]
     lines += [line for note in notes for line in ("", note)]
     return "\n".join(lines)
 

@@ -168,6 +168,38 @@ def judge(root: Path, table: np.ndarray | None, model: ModelSpec, seed: int, run
                              **{**settings, "seed": seed})
 
 
+def _ctr_dir(ctx: RunContext, model: ModelSpec, spec: EmbeddingSpec, seed: int) -> Path:
+    return ctx.run_dir / "ctr" / model.name / spec.name / f"seed{seed}"
+
+
+def attach_covariances(root: Path, records: list[dict], scores: dict[tuple[str, int, str], Path]) -> None:
+    """Give each record ``valid_auc_cov``: DeLong's covariance of its valid AUC with those
+    of the other tables the same model judged with the same seed (the paired intervals of
+    :mod:`mmembed.recipes.compare`). A record whose run kept no valid scores, or scores
+    that do not give its recorded AUC on these labels, gets none (no interval, said as such)."""
+    import pyarrow.parquet as pq
+
+    from ctr_eval.metrics import auc
+    from mmembed.recipes.compare import covariances
+
+    labels = pq.read_table(find_layout(root).valid, columns=["label"]).column("label").to_numpy()
+    groups: dict[tuple[str, int], list[tuple[dict, np.ndarray]]] = {}
+    for r in records:
+        path = scores.get((r["model"], r["seed"], r["embedding"]))
+        if path is None or not path.is_file() or r.get("valid_auc") is None:
+            continue
+        kept = np.load(path)
+        if kept.shape != labels.shape or abs(auc(labels, kept) - r["valid_auc"]) > 1e-6:
+            logger.warning("%s: not the scores of the recorded valid AUC; no interval for %s, seed %s",
+                           path, r["embedding"], r["seed"])
+            continue
+        groups.setdefault((r["model"], r["seed"]), []).append((r, kept))
+    for pairs in groups.values():
+        cov = covariances([r["embedding"] for r, _ in pairs], labels, [kept for _, kept in pairs])
+        for r, _ in pairs:
+            r["valid_auc_cov"] = cov[r["embedding"]]
+
+
 def run_model(ctx: RunContext, model: ModelSpec, spec: EmbeddingSpec, seed: int,
               table: np.ndarray | None, table_key: str, truth: Any) -> dict:
     """One judged (model, embedding, seed), from its run folder when already finished."""
@@ -175,7 +207,7 @@ def run_model(ctx: RunContext, model: ModelSpec, spec: EmbeddingSpec, seed: int,
 
     from ctr_eval.train import RunDirMismatch
 
-    run_dir = ctx.run_dir / "ctr" / model.name / spec.name / f"seed{seed}"
+    run_dir = _ctr_dir(ctx, model, spec, seed)
     key = _key("ctr", {k: v for k, v in vars(model).items() if v is not None}, table_key, seed)
     done = run_dir / "recipe_result.json"
     if done.is_file():
@@ -212,6 +244,8 @@ def run_recipe(recipe: Recipe, run_dir: str | os.PathLike | None = None,
     from mmembed.recipes.results import write_results
     from mmembed.recipes.tables import load_truth
 
+    from ctr_eval.train import VALID_SCORES_FILE
+
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
     ctx = RunContext(recipe, run_dir, Path(cache_dir) if cache_dir else run_dir.parent / ".cache",
                      progress=progress, say=say)
@@ -221,7 +255,7 @@ def run_recipe(recipe: Recipe, run_dir: str | os.PathLike | None = None,
         prepare_data(ctx)
         truth = load_truth(ctx.root)
         _check_before_work(ctx, truth)
-        records = []
+        records, scores = [], {}
         for spec in recipe.embeddings:
             for seed in recipe.seeds:
                 table, info = build_table(ctx, spec, seed, truth)
@@ -230,7 +264,9 @@ def run_recipe(recipe: Recipe, run_dir: str | os.PathLike | None = None,
                 for model in recipe.models:
                     metrics = run_model(ctx, model, spec, seed, table, table_key, truth)
                     records.append({"embedding": spec.name, "model": model.label, "seed": seed,
-                                    **info, **checks, **metrics})
+                                    "baseline": recipe.baseline, **info, **checks, **metrics})
+                    scores[model.label, seed, spec.name] = _ctr_dir(ctx, model, spec, seed) / VALID_SCORES_FILE
+        attach_covariances(ctx.root, records, scores)
         write_results(ctx, records)
     return records
 

@@ -18,6 +18,8 @@ that judge them, the seeds and the checks::
     models:
       - {name: din, settings: {batch_size: 2048}, max_epochs: 2}
     checks: [knn, proxy]
+    baseline: concat_pca               # the row every other is compared with (paired
+                                       # differences); default concat_pca, else provided
 
 Mappings merge key by key through ``extends``; lists are replaced whole. An unknown key is
 an error naming the file, where the key is, and the nearest valid key.
@@ -33,6 +35,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from mmembed.recipes.compare import default_baseline
+
 __all__ = ["Recipe", "DataSpec", "EmbeddingSpec", "ModelSpec", "RecipeError", "load_recipe",
            "parse_recipe", "apply_override", "REFERENCE_TABLES", "CHECKS"]
 
@@ -42,7 +46,7 @@ REFERENCE_TABLES = ("provided", "random", "oracle", "content_oracle")
 CHECKS = ("knn", "proxy")
 
 _TOP_KEYS = ("name", "description", "extends", "data", "seeds", "encoders", "embeddings",
-             "models", "checks")
+             "models", "checks", "baseline")
 _DATA_KEYS = ("path", "synthetic", "seed")
 _EMBEDDING_KEYS = ("name", "encoders", "fusion", "dim")
 _MODEL_KEYS = ("name", "task1", "settings", "max_epochs", "train_rows")
@@ -105,6 +109,7 @@ class Recipe:
     checks: tuple[str, ...] = CHECKS
     description: str = ""
     source: str = ""  # the file it came from
+    baseline: str | None = None  # the embedding every other is compared with
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what a run folder keeps)."""
@@ -119,6 +124,7 @@ class Recipe:
             "models": [{"name": m.name, "task1": m.task1, "settings": dict(m.settings),
                         "max_epochs": m.max_epochs, "train_rows": m.train_rows} for m in self.models],
             "checks": list(self.checks),
+            "baseline": self.baseline,
         }
 
 
@@ -250,10 +256,17 @@ def parse_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> Recipe:
     for check in checks:
         if check not in CHECKS:
             raise RecipeError(_unknown(check, CHECKS, f"{source}: checks"))
+    baseline = raw.get("baseline")
+    if baseline is None:
+        baseline = default_baseline(names)
+    elif baseline not in names:
+        raise RecipeError(f"{source}: baseline {baseline!r} is not one of the embeddings {names}"
+                          + (f"; did you mean {close[0]!r}?" if (close := difflib.get_close_matches(
+                              str(baseline), names, n=1)) else ""))
     return Recipe(name=_name(raw.get("name", Path(source).stem), f"{source}: name"), data=data,
                   seeds=_seeds(raw.get("seeds", [1]), source), encoders=encoders,
                   embeddings=embeddings, models=models, checks=checks,
-                  description=str(raw.get("description", "")), source=source)
+                  description=str(raw.get("description", "")), source=source, baseline=baseline)
 
 
 def _check_keys(node: Mapping[str, Any], valid: tuple[str, ...], where: str) -> None:
@@ -284,7 +297,7 @@ def _data(raw: Any, source: str) -> DataSpec:
     _check_keys(raw, _DATA_KEYS, f"{source}: data")
     if ("path" in raw) == ("synthetic" in raw):
         raise RecipeError(f"{source}: data needs exactly one of `path` (a dataset folder) or "
-                          "`synthetic` (a scale: tiny, small, full)")
+                          "`synthetic` (a scale: tiny, demo, small, full)")
     seed = raw.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise RecipeError(f"{source}: data.seed must be an integer >= 0, got {seed!r}")

@@ -108,7 +108,7 @@ def extracted_table(root: str | Path, encoders: list[Mapping[str, Any]], fusion:
                     progress=progress)  # the features, into the cache (a no-op when there)
     started = time.perf_counter()
     emb = mmembed.extract(root, encoders=list(encoders), fusion=spec, dim=dim if spec else None,
-                          cache_dir=cache_dir, progress=False)
+                          cache_dir=cache_dir, progress=progress)
     seconds = time.perf_counter() - started
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
+from ctr_eval.progress import progress as progress_of
 
 from ctr_eval.checks import check_positive_int
 from ctr_eval.format import EMBEDDING_DIM, SPLIT_DIR_NAME, SPLITS, atomic_path
@@ -237,7 +237,7 @@ def _write_chunk(sinks: dict[str, pq.ParquetWriter], result: behaviour.ChunkResu
 
 
 def _behaviour_stage(root: Path, items: ItemTruth, cfg: SyntheticScale, seed: int,
-                     bar: tqdm) -> _BehaviourStats:
+                     bar: Any) -> _BehaviourStats:
     """Simulate the users chunk by chunk, streaming train/valid/test and item_seq."""
     tables = (behaviour.PopularityTable(items.popularity),
               behaviour.PopularityTable(items.popularity, items.release_time == 0))
@@ -289,8 +289,8 @@ def generate(root: str | os.PathLike, scale: str | SyntheticScale = "tiny", seed
     workers = _check_workers(workers)
     root = _prepare_root(root, overwrite, image_zip, with_images)
     n_chunks = len(range(0, cfg.n_users, cfg.user_chunk))
-    bar = tqdm(total=2 + n_chunks + int(with_images), disable=not progress,
-               desc=f"synthetic {cfg.name}", unit="stage")
+    bar = progress_of(total=2 + n_chunks + int(with_images), enabled=progress,
+                      desc=f"synthetic {cfg.name}", unit="stage")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     items = _item_stage(root, cfg, seed)

@@ -49,7 +49,14 @@ SCALES: dict[str, SyntheticScale] = {
         seq_len=20, tag_vocab=200, median_clicks=10, min_clicks=3, max_clicks=40,
         user_chunk=800,
     ),
-    # The demo: a DIN trains on it on 2 CPU cores.
+    # The demo's: fewer items seen more often, shorter histories and a large validation
+    # split, so that the fixed DIN separates tables within minutes on 2 CPU cores.
+    "demo": SyntheticScale(
+        name="demo", n_items=3_000, n_users=30_000, n_train=120_000, n_valid=30_000,
+        n_test=10_000, seq_len=16, tag_vocab=600, median_clicks=10, min_clicks=3,
+        max_clicks=40, user_chunk=30_000,
+    ),
+    # The settled comparisons (recipes/compare_fusions.yaml).
     "small": SyntheticScale(
         name="small", n_items=10_000, n_users=50_000, n_train=200_000, n_valid=10_000,
         n_test=20_000, seq_len=32, tag_vocab=2000, median_clicks=14, min_clicks=3,
