@@ -131,10 +131,14 @@ def test_ids_beyond_int32_and_bad_caps_are_refused(tmp_path):
         load_train_histories(root, max_histories=0)
 
 
-def test_progress_shows_rows_read(tmp_path, capsys):
+def test_progress_shows_rows_read(tmp_path, capsys, monkeypatch):
+    from ctr_eval import progress
+
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)  # a line per batch read (a log, not a terminal)
     root = _dataset(tmp_path / "data", "repeat")
     load_train_histories(root, progress=True)
-    assert "train histories" in capsys.readouterr().err
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("train histories: done, ") and "rows (100%)" in last
 
 
 # -- memory ---------------------------------------------------------------------------------------
