@@ -244,8 +244,80 @@ def test_changed_model_settings_retrain_instead_of_refusing_the_old_run(tiny_roo
 
 def test_task1_models_refuse_settings_beyond_the_tunables(tiny_root, tmp_path):
     recipe = load_recipe(_recipe_file(tmp_path, tiny_root), ["models.0.task1=true", "embeddings=[provided]"])
-    with pytest.raises(ValueError, match=r"runs in Task 1 mode, where only .* may be set; got \['attention_hidden_units'"):
+    with pytest.raises(ValueError, match=r"tiny.yaml: models\[0\].settings: model 'din' runs in Task 1 mode, "
+                                         r"where only .* may be set; got \['attention_hidden_units'"):
         run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=lambda _: None)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("models.0.settings.embedding_dimm=8", r"models\[0\].settings: unknown din config key 'embedding_dimm'"),
+    ("embeddings.3.fusion.name=concat_pcaa", r"embeddings\[3\].fusion: .*concat_pcaa"),
+    ("encoders.sbert.name=sbertt", r"encoders.sbert: .*sbertt"),
+    ("embeddings.3.dim=64", r"embeddings\[3\].dim: 'sbert_pca' has dim 64"),
+])
+def test_every_name_and_setting_is_refused_before_any_work(tmp_path, monkeypatch, override, message):
+    """Synthetic data that would take minutes to generate is never generated for a recipe
+    that cannot run; the message names the recipe file and key."""
+    from mmembed.datasets import synthetic
+
+    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: pytest.fail("data generated before the checks"))
+    recipe = load_recipe(_recipe_file(tmp_path, "/nowhere"), ["data.synthetic=small", override])
+    with pytest.raises(ValueError, match="tiny.yaml: " + message):
+        run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=lambda _: None)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_setting_the_data_path_replaces_the_synthetic_scale_and_back(tmp_path):
+    base = _write(tmp_path / "base.yaml", """
+        data: {synthetic: small, seed: 3}
+        embeddings: [provided]
+        """)
+    recipe = load_recipe(base, ["data.path=/data/MicroLens"])
+    assert recipe.data.path == "/data/MicroLens" and recipe.data.synthetic is None and recipe.data.seed == 3
+    assert load_recipe(_recipe_file(tmp_path, "/data"), ["data.synthetic=tiny"]).data.path is None
+    child = _write(tmp_path / "child.yaml", """
+        extends: base.yaml
+        data: {path: /real}
+        """)
+    assert load_recipe(child).data.path == "/real"
+
+
+def test_a_second_run_on_the_same_folder_refuses_at_once(tiny_root, tmp_path):
+    from mmembed.recipes.runner import _exclusive, run_in_progress
+
+    recipe = load_recipe(_recipe_file(tmp_path, tiny_root), ["embeddings=[provided]"])
+    (tmp_path / "run").mkdir()
+    assert not run_in_progress(tmp_path / "run")
+    with _exclusive(tmp_path / "run"):  # as another `mmembed run` would hold it
+        assert run_in_progress(tmp_path / "run")
+        with pytest.raises(RecipeError, match=r"run is in use by another `mmembed run` \(pid \d+\); wait"):
+            run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False,
+                       say=lambda _: None)
+    assert not run_in_progress(tmp_path / "run")
+
+
+def test_the_report_of_a_run_that_did_not_finish_says_so(tiny_root, tmp_path, monkeypatch, capsys):
+    from mmembed.cli import main
+    from mmembed.recipes.report import load_run
+
+    recipe = load_recipe(_recipe_file(tmp_path, tiny_root), ["embeddings=[provided, random]"])
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runner_module, "judge", dies)
+    with pytest.raises(RuntimeError):
+        run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=lambda _: None)
+    state = json.loads((tmp_path / "run" / "run_state.json").read_text())
+    assert state["state"] == "failed" and state["error"] == "RuntimeError: out of memory"
+    assert main(["report", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: this run did not finish" in err and "out of memory" in err
+    html = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert "This run did not finish" in html and "the recipe ran no neighbour checks" not in html
+    monkeypatch.undo()
+    run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=lambda _: None)
+    assert load_run(tmp_path / "run").unfinished is None
 
 
 def test_every_shipped_recipe_parses_and_names_registered_plugins():
@@ -268,7 +340,7 @@ def test_every_shipped_recipe_parses_and_names_registered_plugins():
 
 
 @pytest.mark.slow
-def test_the_demo_recipe_runs_on_small_and_leaves_its_table_and_report(tmp_path, capsys):
+def test_the_demo_recipe_runs_and_ranks_and_leaves_its_table_and_report(tmp_path, capsys):
     """What `bash run.sh demo` does (about 10 minutes on 2 CPU cores)."""
     from mmembed.cli import main
     from mmembed.demo import DEMO_RECIPE
@@ -281,6 +353,7 @@ def test_the_demo_recipe_runs_on_small_and_leaves_its_table_and_report(tmp_path,
     assert [r["embedding"] for r in records] == wanted
     auc = {r["embedding"]: r["valid_auc"] for r in records}
     assert auc["oracle"] > auc["random"] + 0.05  # the judge separates the references
+    assert "did not order" not in out  # ... and orders them, each difference decided
     assert (run / "report" / "index.html").is_file() and "report:" in out and "demo finished in" in out
     for name in wanted:
         assert name in out

@@ -3,6 +3,7 @@ embedding strategies on the command line."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,18 @@ def run_and_report(recipe: Any, run_dir: Path, cache_dir: str | None = None, pro
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mmembed.recipes.report import write_report
+    from mmembed.recipes.report import load_run, write_report
 
-    print(f"report: {write_report(args.run_dir, args.out)}")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "report"
+    try:
+        index = write_report(args.run_dir, args.out)
+    except PermissionError:
+        raise PermissionError(f"cannot write the report into {out}: permission denied; pass another --out "
+                              "or fix the folder's permissions") from None
+    unfinished = load_run(args.run_dir).unfinished
+    if unfinished:
+        print(f"mmembed report: warning: {unfinished}", file=sys.stderr)
+    print(f"report: {index}")
     return 0
 
 

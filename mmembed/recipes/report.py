@@ -50,6 +50,23 @@ class RunFolder:
     environment: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     records: list[dict] = field(default_factory=list)
+    state: dict = field(default_factory=dict)  # run_state.json: running / finished / failed
+
+    @property
+    def unfinished(self) -> str | None:
+        """Why the run's results are incomplete, or None when it finished (or predates
+        run_state.json)."""
+        from mmembed.recipes.runner import run_in_progress
+
+        state = self.state.get("state")
+        if state in (None, "finished"):
+            return None
+        started = self.state.get("started", "an unknown time")
+        if state == "running" and run_in_progress(self.path):
+            return f"this run is still running (started {started}): the page shows what it has finished so far"
+        why = self.state.get("error") if state == "failed" else "it was stopped"
+        return (f"this run did not finish (started {started}; {why}): the page shows what it finished; "
+                "`mmembed run` on the same recipe and folder resumes it")
 
     @property
     def embeddings(self) -> list[str]:
@@ -117,7 +134,7 @@ def load_run(run_dir: str | os.PathLike) -> RunFolder:
     if not isinstance(records, list):
         raise ValueError(f"{path / 'metrics.json'}: expected a list of records, got {type(records).__name__}")
     return RunFolder(path, recipe, text, _read_json(path / "environment.json", {}),
-                     _read_json(path / "data.json", {}), records)
+                     _read_json(path / "data.json", {}), records, _read_json(path / "run_state.json", {}))
 
 
 # --------------------------------------------------------------------------- pieces of the page
@@ -230,9 +247,17 @@ def _html_comparison(content: dict) -> str:
     return _table(SUMMARY_HEADER, body) + warnings + "".join(f"<p>{_e(n)}.</p>" for n in notes)
 
 
+def _no_checks(content: dict) -> str:
+    """Why a run folder holds no neighbour checks."""
+    run = content["run"]
+    if "knn" in run.recipe.get("checks", ["knn"]) and run.unfinished:
+        return "the run did not finish them"
+    return "the recipe ran no neighbour checks"
+
+
 def _html_knn(content: dict) -> str:
     if not content["knn"]:
-        return f'<p class="nc">{NOT_COMPUTED}: the recipe ran no neighbour checks</p>'
+        return f'<p class="nc">{NOT_COMPUTED}: {_no_checks(content)}</p>'
     body = ["<tr>" + _cell(_name(r["embedding"], r["untrained"]), True)
             + "".join(_cell(c) for c in _knn_cells(r)) + "</tr>" for r in content["knn"]]
     return ("<p>Top-10 cosine neighbours of every item; in brackets the same figure for a random "
@@ -248,7 +273,7 @@ def _html_item(item: dict, query: bool) -> str:
 
 def _html_examples(content: dict) -> str:
     if not content["examples"]:
-        return f'<p class="nc">{NOT_COMPUTED}: the recipe ran no neighbour checks</p>'
+        return f'<p class="nc">{NOT_COMPUTED}: {_no_checks(content)}</p>'
     note = f'<p class="nc">{_e(content["items_note"])}</p>' if content["items_note"] else ""
     parts = []
     for ex in content["examples"]:
@@ -280,11 +305,13 @@ def _html_provenance(run: RunFolder) -> str:
 
 def _warning(content: dict) -> str:
     run = content["run"]
+    unfinished = f'<p class="warn">⚠ {_e(run.unfinished[0].upper() + run.unfinished[1:])}.</p>' \
+        if run.unfinished else ""
     if not content["untrained"]:
-        return ""
+        return unfinished
     names = ", ".join(f"{e} ({', '.join(run.encoders_of(e)) or 'encoders unknown'})" for e in content["untrained"])
-    return (f'<p class="warn">⚠ Made with a <b>random-init</b> (untrained) encoder: {_e(names)}. '
-            "Their figures test the plumbing, not what a trained model would give.</p>")
+    return unfinished + (f'<p class="warn">⚠ Made with a <b>random-init</b> (untrained) encoder: {_e(names)}. '
+                         "Their figures test the plumbing, not what a trained model would give.</p>")
 
 
 def render_html(content: dict) -> str:
@@ -326,13 +353,15 @@ def _md_tables(content: dict) -> list[str]:
         knn = [[_md_name(r["embedding"], r["untrained"])] + _knn_cells(r) for r in content["knn"]]
         lines += ["Top-10 cosine neighbours; in brackets a random table's figure.", ""] + _md_table(_KNN_HEADER, knn)
     else:
-        lines.append(f"{NOT_COMPUTED}.")
+        lines.append(f"{NOT_COMPUTED}: {_no_checks(content)}.")
     return lines
 
 
 def render_markdown(content: dict) -> str:
     run, env, data = content["run"], content["run"].environment, content["run"].data
     lines = [f"# {run.recipe.get('name', run.path.name)}: run report", ""]
+    if run.unfinished:
+        lines += [f"**Warning: {run.unfinished}.**", ""]
     for e in content["untrained"]:
         lines += [(f"**Warning: {e} was made with a random-init encoder** ({', '.join(run.encoders_of(e))}): "
                    "untrained weights, its figures test the plumbing only."), ""]

@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from ctr_eval.format import atomic_path, find_layout, write_json
-from mmembed.recipes.schema import EmbeddingSpec, ModelSpec, Recipe
+from mmembed.recipes.schema import EmbeddingSpec, ModelSpec, Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -145,24 +145,12 @@ def build_table(ctx: RunContext, spec: EmbeddingSpec, seed: int, truth: Any) -> 
 
 def judge(root: Path, table: np.ndarray | None, model: ModelSpec, seed: int, run_dir: Path,
           progress: bool = False) -> dict:
-    """Train and validate one CTR model on one table with one training seed.
-
-    Task 1 mode locks every field but the five tunables, the seed included; a recipe's
-    seeds still have to vary the run, so a Task 1 model runs with ``task1=False`` after a
-    check that its settings touch only the tunables: the fixed DIN with another seed.
-    """
+    """Train and validate one CTR model on one table with one training seed (a Task 1
+    model as :func:`task1_settings` says)."""
     import ctr_eval
-    from ctr_eval.config import TASK1_TUNABLE
 
-    task1 = model.task1 if model.task1 is not None else model.name == "din"
-    settings = dict(model.settings)
-    if task1:
-        locked = sorted(set(settings) - TASK1_TUNABLE)
-        if locked:
-            raise ValueError(f"model {model.name!r} runs in Task 1 mode, where only "
-                             f"{', '.join(sorted(TASK1_TUNABLE))} may be set; got {locked} "
-                             "(set task1: false for a free configuration)")
-    return ctr_eval.evaluate(root, item_info=table, model=model.name, task1=False if task1 else model.task1,
+    settings, task1 = task1_settings(model)
+    return ctr_eval.evaluate(root, item_info=table, model=model.name, task1=task1,
                              run_dir=run_dir, max_epochs=model.max_epochs, train_rows=model.train_rows,
                              progress=progress,
                              **{**settings, "seed": seed})
@@ -249,12 +237,13 @@ def run_recipe(recipe: Recipe, run_dir: str | os.PathLike | None = None,
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
     ctx = RunContext(recipe, run_dir, Path(cache_dir) if cache_dir else run_dir.parent / ".cache",
                      progress=progress, say=say)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _log_to(run_dir / "logs" / "run.log"):
+    check_recipe(recipe)
+    _make_folder(run_dir)
+    with _exclusive(run_dir), _state_recorded(run_dir), _log_to(run_dir / "logs" / "run.log"):
         _write_provenance(ctx)
         prepare_data(ctx)
         truth = load_truth(ctx.root)
-        _check_before_work(ctx, truth)
+        _check_data(ctx, truth)
         records, scores = [], {}
         for spec in recipe.embeddings:
             for seed in recipe.seeds:
@@ -271,22 +260,142 @@ def run_recipe(recipe: Recipe, run_dir: str | os.PathLike | None = None,
     return records
 
 
-def _check_before_work(ctx: RunContext, truth: Any) -> None:
-    """Refuse, before anything is trained, what this data or these plugins cannot do."""
+RUN_STATE_FILE = "run_state.json"  # running / finished / failed, with the time and the error
+LOCK_FILE = ".run.lock"
+
+
+def _make_folder(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except PermissionError:
+        raise PermissionError(f"cannot write into the run folder {run_dir}: permission denied; "
+                              "pass another --out or fix the folder's permissions") from None
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: Path) -> Iterator[None]:
+    """One ``mmembed run`` per run folder at a time: a second one refuses at once."""
+    import fcntl
+
+    handle = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RecipeError(f"{run_dir} is in use by another `mmembed run` ({holder}); wait for it to "
+                          "finish or pass another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def run_in_progress(run_dir: Path) -> bool:
+    """Whether a ``mmembed run`` holds ``run_dir`` now."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK_FILE
+    if not path.is_file():
+        return False
+    with open(path, encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+@contextlib.contextmanager
+def _state_recorded(run_dir: Path) -> Iterator[None]:
+    """``run_state.json`` says whether the run finished, so a report of a run that did not
+    can say so."""
+    now = lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # noqa: E731
+    started = now()
+    write_json(run_dir / RUN_STATE_FILE, {"state": "running", "started": started, "pid": os.getpid()})
+    try:
+        yield
+    except BaseException as err:
+        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+        write_json(run_dir / RUN_STATE_FILE, {"state": "failed", "started": started, "ended": now(),
+                                              "error": reason})
+        raise
+    write_json(run_dir / RUN_STATE_FILE, {"state": "finished", "started": started, "ended": now()})
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Refuse, before any data is generated or read, every name, setting and width of the
+    recipe that cannot work; the message names the recipe file and key."""
+    from ctr_eval.config import resolve_config
     from mmembed.encoders import create_encoder
     from mmembed.fusion import create_fusion
 
-    for spec in ctx.recipe.embeddings:
-        if spec.is_reference and spec.name in ("oracle", "content_oracle") and truth.latent is None:
-            raise ValueError(f"embedding {spec.name!r} needs the synthetic generator's truth "
-                             f"({ctx.root / 'oracle'} is missing): it exists for synthetic data only")
-        if not spec.is_reference and spec.dim != 128 and ctx.recipe.models:
-            raise ValueError(f"embedding {spec.name!r} has dim {spec.dim}, but the CTR models read the "
-                             "challenge's 128-d item_emb_d128: set dim: 128")
+    where = recipe.source or "<recipe>"
+    with _naming(f"{where}: encoders"):
+        for label, encoder in recipe.encoders.items():
+            with _naming(f"{where}: encoders.{label}"):
+                create_encoder(encoder)  # unknown names, bad options, missing weights
+    for i, spec in enumerate(recipe.embeddings):
+        if not spec.is_reference and spec.dim != 128 and recipe.models:
+            raise RecipeError(f"{where}: embeddings[{i}].dim: {spec.name!r} has dim {spec.dim}, but the CTR "
+                              "models read the challenge's 128-d item_emb_d128: set dim: 128")
         if spec.fusion is not None:
-            create_fusion({**spec.fusion, "dim": spec.dim} if "dim" in _fusion_params(spec) else spec.fusion)
-    for label, encoder in ctx.recipe.encoders.items():
-        create_encoder(encoder)  # unknown names, bad options, missing weights: now, not later
+            with _naming(f"{where}: embeddings[{i}].fusion"):
+                create_fusion({**spec.fusion, "dim": spec.dim} if "dim" in _fusion_params(spec) else spec.fusion)
+    for i, model in enumerate(recipe.models):
+        with _naming(f"{where}: models[{i}].settings"):
+            settings, task1 = task1_settings(model)
+            resolve_config(model.name, task1=task1, **settings)
+
+
+@contextlib.contextmanager
+def _naming(where: str) -> Iterator[None]:
+    """Prefix the message of a refusal raised inside with the recipe key it concerns."""
+    try:
+        yield
+    except RecipeError:
+        raise
+    except (ValueError, TypeError, LookupError) as err:
+        raise RecipeError(f"{where}: {err}") from err
+    except FileNotFoundError as err:  # e.g. missing weights: keep the type the CLI reports
+        raise type(err)(f"{where}: {err}") from err
+
+
+def task1_settings(model: ModelSpec) -> tuple[dict, bool | None]:
+    """(settings, task1 flag to run with) of a recipe model. Task 1 mode locks every field
+    but the five tunables, the seed included; a recipe's seeds still have to vary the run,
+    so a Task 1 model runs with ``task1=False`` after a check that its settings touch only
+    the tunables: the fixed DIN with another seed."""
+    from ctr_eval.config import TASK1_TUNABLE
+
+    task1 = model.task1 if model.task1 is not None else model.name == "din"
+    settings = dict(model.settings)
+    if task1:
+        locked = sorted(set(settings) - TASK1_TUNABLE)
+        if locked:
+            raise ValueError(f"model {model.name!r} runs in Task 1 mode, where only "
+                             f"{', '.join(sorted(TASK1_TUNABLE))} may be set; got {locked} "
+                             "(set task1: false for a free configuration)")
+    return settings, False if task1 else model.task1
+
+
+def _check_data(ctx: RunContext, truth: Any) -> None:
+    """Refuse what this data cannot give (the oracle rows need the generator's truth)."""
+    for i, spec in enumerate(ctx.recipe.embeddings):
+        if spec.is_reference and spec.name in ("oracle", "content_oracle") and truth.latent is None:
+            raise RecipeError(f"{ctx.recipe.source or '<recipe>'}: embeddings[{i}]: {spec.name!r} needs the "
+                              f"synthetic generator's truth ({ctx.root / 'oracle'} is missing): it exists for "
+                              "synthetic data only")
 
 
 def _fusion_params(spec: EmbeddingSpec) -> list[str]:

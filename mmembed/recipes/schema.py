@@ -167,7 +167,22 @@ def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(parent, str) or not parent:
         raise RecipeError(f"{path}: `extends` must be the path of another recipe file, got {parent!r}")
     base = _read_with_extends(path.parent / parent, (*chain, resolved))
-    return _merge(base, data)
+    merged = _merge(base, data)
+    if isinstance(data.get("data"), dict) and isinstance(merged.get("data"), dict):
+        for key in _DATA_SOURCES:
+            if key in data["data"]:
+                _drop_other_source(merged["data"], key)
+    return merged
+
+
+#: a recipe's data is one of these; setting one (``extends``, ``--set``) replaces the other
+_DATA_SOURCES = ("path", "synthetic")
+
+
+def _drop_other_source(data: dict[str, Any], kept: str) -> None:
+    for other in _DATA_SOURCES:
+        if other != kept:
+            data.pop(other, None)
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -197,6 +212,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     elif isinstance(node, dict):
         if depth_is_top(parts) and last not in _TOP_KEYS:
             raise RecipeError(_unknown(last, _TOP_KEYS, f"--set {item!r}"))
+        if parts[:-1] == ["data"] and last in _DATA_SOURCES:
+            _drop_other_source(node, last)
         node[last] = value
     else:
         raise RecipeError(f"--set {item!r}: {'.'.join(parts[:-1])} is a {type(node).__name__}, "
