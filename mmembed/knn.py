@@ -26,11 +26,13 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ["Neighbours", "neighbours", "neighbour_report", "history_proxy_auc", "collapse_stats",
-           "tag_overlap", "coclick_hit", "truth_overlap"]
+           "collapse_verdict", "tag_overlap", "coclick_hit", "truth_overlap"]
 
 EXACT_LIMIT = 20_000
 RECALL_QUERIES = 2_000
 SAMPLED_QUERIES = 5_000
+COLLAPSED_DUPLICATE_SHARE = 0.5  # at least half the items with a near-duplicate neighbour
+COLLAPSED_RANK = 2.0  # or an effective rank under 2: the table is (nearly) one vector
 
 
 @dataclass
@@ -191,6 +193,30 @@ def collapse_stats(vectors: np.ndarray, found: Neighbours, duplicate_cosine: flo
     }
 
 
+def collapse_verdict(metrics: dict) -> str | None:
+    """One line saying that a table is collapsed (most items near-duplicates of a neighbour,
+    or an effective rank under 2), else None. On such a table a neighbour list is a tie
+    broken by row order, so tag overlap, co-click hit and truth overlap mean nothing."""
+    share, rank = metrics.get("near_duplicate_share", 0.0), metrics.get("effective_rank", np.inf)
+    if share >= COLLAPSED_DUPLICATE_SHARE or rank < COLLAPSED_RANK:
+        return (f"collapsed table: {share:.0%} of items have a near-duplicate neighbour (cosine > 0.99) and "
+                f"the effective rank is {rank:.1f}; its neighbours are ties, so the neighbour metrics "
+                "mean nothing on it")
+    return None
+
+
+def _check_table(vectors: np.ndarray, k: int, what: str) -> np.ndarray:
+    x = np.asarray(vectors)
+    if x.ndim != 2 or len(x) <= k:
+        raise ValueError(f"{what} needs an (N, d) array of N > k = {k} items, got shape {x.shape}")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(f"{what}: {len(rows):,} row(s) hold NaN or infinite values (first: row "
+                         f"{', '.join(map(str, rows[:5]))}); every item needs a finite vector")
+    return x
+
+
 @dataclass
 class NeighbourReport:
     metrics: dict
@@ -208,6 +234,9 @@ def neighbour_report(vectors: np.ndarray, tags: np.ndarray | None = None,
     the truth overlap averages over those (the table's other metrics cover every item).
     There the table's metrics come from approximate neighbours (``recall`` says how close)
     while the floor's and the truth's are exact, which tends to understate the table."""
+    vectors = _check_table(vectors, k, "neighbour_report")
+    if truth is not None:
+        truth = _check_table(truth, k, "neighbour_report (truth)")
     n = len(vectors)
     rng = np.random.default_rng(seed)
     random_table = rng.standard_normal(np.shape(vectors)).astype(np.float32)

@@ -155,3 +155,41 @@ def test_knn_command_prints_the_checks_beside_their_floor(tiny_root, tmp_path, c
                              "item_emb_d128": [[0.0] * 128, [1.0] * 128]}), short)
     assert main(["knn", str(tiny_root), "--item-info", str(short)]) == 2
     assert "--item-info" in capsys.readouterr().err
+
+
+def test_a_collapsed_table_is_called_so_and_its_neighbour_metrics_are_not_shown(tiny_root, tmp_path, capsys):
+    from mmembed.cli import main
+    from mmembed.knn import collapse_verdict, neighbour_report
+
+    rng = np.random.default_rng(0)
+    one = rng.standard_normal(128).astype(np.float32)
+    for noise in (0.0, 1e-6):  # identical rows, and the same with a little noise (rank reads high)
+        table = np.tile(one, (601, 1)) + noise * rng.standard_normal((601, 128)).astype(np.float32)
+        table[0] = 0
+        path = tmp_path / f"collapsed{noise}.npy"
+        np.save(path, table)
+        assert main(["knn", str(tiny_root), "--item-info", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert "collapsed table: 100% of items have a near-duplicate neighbour" in out
+        assert "tag_overlap" not in out and "coclick_hit" not in out and "effective_rank" in out
+    healthy = neighbour_report(rng.standard_normal((300, 16)), k=10)
+    assert collapse_verdict(healthy.metrics) is None
+
+
+def test_neighbour_report_refuses_short_and_non_finite_tables():
+    from mmembed.knn import neighbour_report
+
+    with pytest.raises(ValueError, match=r"needs an \(N, d\) array of N > k = 10 items, got shape \(5, 4\)"):
+        neighbour_report(np.ones((5, 4)))
+    bad = np.random.default_rng(0).standard_normal((50, 4))
+    bad[[3, 7]] = np.nan
+    with pytest.raises(ValueError, match=r"2 row\(s\) hold NaN or infinite values \(first: row 3, 7\)"):
+        neighbour_report(bad)
+
+
+def test_knn_says_which_table_formats_it_reads(tiny_root, tmp_path, capsys):
+    from mmembed.cli import main
+
+    (tmp_path / "x.csv").write_text("1,2\n")
+    assert main(["knn", str(tiny_root), "--item-info", str(tmp_path / "x.csv")]) == 2
+    assert "reads an item_info.parquet (its item_emb_d128 column) or an (N+1, d) .npy array" in capsys.readouterr().err

@@ -105,18 +105,40 @@ def add_knn_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                     "with the true neighbours (synthetic data), collapse diagnostics, each beside a "
                     "random table's floor, and the history proxy AUC on the validation rows.", KNN_EXAMPLE)
     p.add_argument("data_dir", help="dataset root (holding MicroLens_1M_x1/) or that folder itself")
-    p.add_argument("--item-info", help="an item_info.parquet whose item_emb_d128 to check "
-                                       "(default: the dataset's own)")
+    p.add_argument("--item-info", help="an item_info.parquet whose item_emb_d128 to check, or an (N+1, d) "
+                                       ".npy array (default: the dataset's own)")
     p.set_defaults(func=cmd_knn)
 
 
-def cmd_knn(args: argparse.Namespace) -> int:
+#: metrics read off the neighbour lists: ties, so meaningless, on a collapsed table
+NEIGHBOUR_METRICS = ("tag_overlap", "coclick_hit", "truth_overlap")
+
+
+def _read_table(path: str) -> Any:
+    """An item table to check: item_info.parquet's item_emb_d128, or an (N+1, d) .npy array."""
+    import numpy as np
+
     from ctr_eval.format import read_item_info
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        return read_item_info(path, ("item_emb_d128",))["item_emb_d128"]
+    if suffix == ".npy":
+        table = np.load(path, allow_pickle=False)
+        if table.ndim != 2:
+            raise ValueError(f"--item-info {path}: expected an (N+1, d) array, got shape {table.shape}")
+        return table
+    raise ValueError(f"--item-info {path}: reads an item_info.parquet (its item_emb_d128 column) or an "
+                     "(N+1, d) .npy array (row i = item i, row 0 = padding)")
+
+
+def cmd_knn(args: argparse.Namespace) -> int:
+    from mmembed.knn import collapse_verdict
     from mmembed.recipes.checks import knn_report, proxy_auc
     from mmembed.recipes.tables import load_truth
 
     truth = load_truth(args.data_dir)
-    table = truth.provided if args.item_info is None else read_item_info(args.item_info, ("item_emb_d128",))["item_emb_d128"]
+    table = truth.provided if args.item_info is None else _read_table(args.item_info)
     if len(table) != len(truth.provided):
         raise ValueError(f"--item-info {args.item_info} has {len(table)} rows; the dataset has {len(truth.provided)} "
                          "(N+1: row i = item i, row 0 = padding)")
@@ -124,8 +146,11 @@ def cmd_knn(args: argparse.Namespace) -> int:
     print(f"{len(table) - 1:,} items, top-{report.metrics['k']} cosine neighbours by {report.metrics['method']} "
           f"in {report.metrics['seconds']:.2f} s" + (f" (recall {report.metrics['recall']:.3f})"
                                                      if report.metrics["recall"] is not None else ""))
+    collapsed = collapse_verdict(report.metrics)
+    if collapsed:
+        print(f"  {collapsed}")
     for key, value in report.metrics.items():
-        if key in ("k", "method", "seconds", "recall"):
+        if key in ("k", "method", "seconds", "recall") or (collapsed and key in NEIGHBOUR_METRICS):
             continue
         print(f"  {key:22s} {value:10.4f}   (random table {report.floor[key]:.4f})")
     print(f"  {'history proxy AUC':22s} {proxy_auc(args.data_dir, table):10.4f}")
