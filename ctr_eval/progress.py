@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Iterable, Iterator
 
-__all__ = ["progress", "quiet", "is_quiet", "LINE_EVERY_S"]
+__all__ = ["progress", "quiet", "is_quiet", "interactive", "LINE_EVERY_S"]
 
 
 def _line_every() -> float:
@@ -47,7 +47,7 @@ def is_quiet() -> bool:
     return _QUIET_DEPTH > 0
 
 
-def _interactive() -> bool:
+def interactive() -> bool:
     """A terminal, or a notebook (whose widget bars tqdm.auto draws)."""
     stream = sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)()) or "ipykernel" in sys.modules
@@ -63,7 +63,7 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
         total = len(iterable)
     if not enabled or is_quiet():
         return tqdm(iterable, total=total, disable=True)
-    if _interactive():
+    if interactive():
         return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=False)
     return LineProgress(iterable, total=total, desc=desc, unit=unit, initial=initial)
 

@@ -353,6 +353,7 @@ def _compute_shards(
     progress: bool,
 ) -> None:
     item_ids = np.asarray(catalog.item_ids, dtype=np.int64)
+    from ctr_eval.progress import interactive
     from ctr_eval.progress import progress as progress_of
 
     bar = progress_of(total=sum(stop - start for start, stop in ranges), desc=f"{encoder.name} features",
@@ -360,7 +361,9 @@ def _compute_shards(
     try:
         for start, stop in ranges:
             subset = catalog.subset(np.arange(start, stop))
-            features = encoder.encode(subset, batch_size=batch_size, progress=progress, num_workers=num_workers)
+            # within a shard, a bar on a terminal; in a log the shards' lines say enough
+            features = encoder.encode(subset, batch_size=batch_size, progress=progress and interactive(),
+                                      num_workers=num_workers)
             _save(_shard_path(folder, start, stop), _write_shard, features, item_ids[start:stop])
             bar.update(stop - start)
     finally:
