@@ -117,14 +117,15 @@ def format_table(records: list[dict]) -> str:
     if not records:
         return "(no results)"
     heads = sorted({k for r in records for k in r["vs_baseline"] if k not in ("provided", "random", "oracle")})
-    header = (["data seed", "time", "random", "provided", "oracle", "provided - random", "oracle - provided"]
+    names = list(records[0]["valid_auc"])  # every table's valid AUC, in the recipe's order
+    header = (["data seed", "time", *names, "provided - random", "oracle - provided"]
               + [f"{h} - {records[0]['baseline']}" for h in heads] + ["warnings", "holds"])
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in records:
         minutes, seconds = divmod(r["seconds"], 60)
         auc = r["valid_auc"]
         cells = [str(r["seed"]), f"{int(minutes)} min {seconds:02.0f} s",
-                 *(f"{auc[n]:.4f}" if n in auc else "-" for n in ("random", "provided", "oracle")),
+                 *(f"{auc[n]:.4f}" if n in auc else "-" for n in names),
                  _interval(r["references"].get("provided-random")), _interval(r["references"].get("oracle-provided")),
                  *(_interval(r["vs_baseline"].get(h)) for h in heads), str(len(r["warnings"])),
                  "yes" if holds(r) else "no"]
