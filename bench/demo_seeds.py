@@ -54,7 +54,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def result_key(recipe: str, overrides: list[str], seed: int) -> str:
-    return json.dumps([Path(recipe).name, sorted(overrides), seed])
+    """The resolved recipe's content (a changed recipe file is another key) and the seed."""
+    import hashlib
+
+    from mmembed.recipes import load_recipe
+
+    resolved = load_recipe(recipe, [*overrides, f"data.seed={seed}"]).to_dict()
+    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+    return json.dumps([Path(recipe).name, digest, seed])
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
