@@ -137,8 +137,8 @@ def test_progress_shows_rows_read(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)  # a line per batch read (a log, not a terminal)
     root = _dataset(tmp_path / "data", "repeat")
     load_train_histories(root, progress=True)
-    last = capsys.readouterr().err.splitlines()[-1]
-    assert last.startswith("train histories: done, ") and "rows (100%)" in last
+    done = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train histories: done, ")]
+    assert len(done) == 1 and "rows (100%)" in done[0]
 
 
 # -- memory ---------------------------------------------------------------------------------------
