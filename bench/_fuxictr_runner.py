@@ -48,8 +48,7 @@ from fuxictr.pytorch.layers import DIN_Attention, FeatureEmbedding, MLP_Block
 from fuxictr.pytorch.models import BaseModel
 from fuxictr.pytorch.torch_utils import seed_everything
 
-from _grad_moments import gradient_moments  # bench/, this script's folder
-from _peak_rss import peak_rss_mb
+from benchlib import add_batch_size, gradient_moments, peak_rss_mb  # bench/, this script's folder
 
 logger = logging.getLogger("fuxictr_runner")
 
@@ -361,7 +360,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", required=True, help="dataset root (challenge layout)")
     p.add_argument("--work-dir", default=None, help="feature map + checkpoints (default: temp)")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=8192)
+    add_batch_size(p, 8192)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--embedding-regularizer", type=float, default=1e-6)
     p.add_argument("--net-regularizer", type=float, default=0.0)

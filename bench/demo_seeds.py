@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import ResultsFile, logger
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "demo_seeds.json"
 DEFAULT_RECIPE = ROOT / "recipes" / "demo.yaml"
@@ -34,8 +36,7 @@ BUDGET_S = 600.0
 REFERENCE_PAIRS = (("provided", "random"), ("oracle", "provided"))
 
 
-def log(message: str) -> None:
-    print(f"[demo_seeds {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = logger("demo_seeds")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,17 +142,15 @@ def format_table(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ctr_eval.format import write_json
-
     args = parse_args(argv)
-    results = json.loads(args.results_file.read_text()) if args.results_file.is_file() else {}
+    store = ResultsFile(args.results_file)
+    results = store.read()
     for seed in [] if args.print_only else args.seeds:
         key = result_key(args.recipe, args.overrides, seed)
         if key in results:
             continue
-        results[key] = {**run_seed(args, seed), "recipe": Path(args.recipe).name, "overrides": args.overrides}
-        write_json(args.results_file, results)
-        r = results[key]
+        results[key] = r = {**run_seed(args, seed), "recipe": Path(args.recipe).name, "overrides": args.overrides}
+        store.put(key, r)
         log(f"seed {seed}: {r['seconds']:.0f} s, holds: {holds(r)}")
     chosen = [results[k] for k in (result_key(args.recipe, args.overrides, s) for s in args.seeds) if k in results]
     print(format_table(chosen))

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import din_vs_fuxictr as pair  # noqa: E402  (bench/ is not a package)
-from _grad_moments import gradient_moments  # noqa: E402
+import din_vs_fuxictr as pair  # bench/ is this script's folder, first on sys.path
+from benchlib import add_batch_size, add_data_args, dataset_split, gradient_moments, logger, make_bench_root
+
+log = logger("din_dropout_moments")
 
 
 def ctr_eval_moments(bench_root: Path, init: Path, batch_rows: np.ndarray, args: argparse.Namespace):
@@ -91,12 +92,9 @@ def compare(n: int, fx: tuple, ce: tuple) -> list[tuple[str, int, float, float]]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None, help="challenge-layout root (default: synthetic)")
-    p.add_argument("--scale", default="tiny")
-    p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--cache-dir", default=str(pair.DEFAULT_CACHE / "bench"))
+    add_data_args(p, scale="tiny")
     p.add_argument("--train-rows", type=int, default=0, help="first N train rows (0: all)")
-    p.add_argument("--batch-size", type=int, default=256)
+    add_batch_size(p, 256)
     p.add_argument("--seed", type=int, default=1, help="FuxiCTR's initial weights and the batch")
     p.add_argument("--draws", type=int, default=200, help="dropout draws per side")
     p.add_argument("--threads", type=int, default=1)
@@ -107,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.draws < 2:
         p.error("--draws must be >= 2")
-    split_dir = pair.ensure_dataset(args)
+    split_dir = dataset_split(args)
     tag = f"{split_dir.parent.name}-train{args.train_rows or 'all'}-validall"
     bench_root = Path(args.cache_dir) / "runs" / tag
-    counts = pair.make_bench_root(split_dir, bench_root, args.train_rows, 0)
+    counts = make_bench_root(split_dir, bench_root, args.train_rows, 0)
     python = pair.ensure_fuxictr_venv(Path(args.fuxictr_venv))
     logs = bench_root / "logs"
     logs.mkdir(exist_ok=True)
@@ -127,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # the seed's first training batch, as both trainers cut it
         batch_rows = global_batches(counts["train"], args.batch_size, args.seed, 0, 1, True)[0]
-        pair.log(f"ctr_eval seed {args.seed}, {args.draws} draws")
+        log(f"ctr_eval seed {args.seed}, {args.draws} draws")
         model, ce_losses, *ce = ctr_eval_moments(bench_root, init, batch_rows, args)
         fx_losses, *fx = fuxictr_moments(moments, init, model)
     n = args.draws

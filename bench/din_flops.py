@@ -26,10 +26,11 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchlib import add_batch_size, add_data_args, add_random_batch_args, dataset_split, random_din_batches
 
 # Published figures of the peer (FuxiCTR 2.3.10, challenge config, batch 8192, this 2-core CPU,
 # 64 history positions, 91,717 items), from the project's DESIGN notes.
@@ -119,7 +120,7 @@ def real_batches(args: argparse.Namespace, cfg):
     """(item table, batch iterator factory, history positions) from a dataset root."""
     from ctr_eval.data import load_item_table, load_split
 
-    root = Path(args.data_dir) if args.data_dir else synthetic_root(args)
+    root = dataset_split(args).parent
     table = load_item_table(root)
     split = load_split(root, "train", max_len=cfg.max_len)
     order = torch.from_numpy(np.random.default_rng(0).permutation(len(split)))
@@ -131,44 +132,14 @@ def real_batches(args: argparse.Namespace, cfg):
     return table, batch, int(split.item_seq.shape[1])
 
 
-def synthetic_root(args: argparse.Namespace) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from din_vs_fuxictr import ensure_dataset  # same cached synthetic data as the parity bench
-
-    ns = argparse.Namespace(data_dir=None, scale=args.scale, data_seed=0, cache_dir=args.cache_dir)
-    return ensure_dataset(ns).parent
-
-
-def random_batches(args: argparse.Namespace, cfg):
-    """Random items and full histories: the peer's shape (no padding, many distinct items)."""
-    from ctr_eval.data import ItemTable
-
-    gen = torch.Generator().manual_seed(0)
-    n = args.items
-    tags = torch.randint(1, 11_740, (n + 1, 5), generator=gen)
-    emb = torch.randn(n + 1, cfg.pretrained_dim, generator=gen) * 0.1
-    tags[0], emb[0] = 0, 0.0
-    table = ItemTable(tags=tags, emb=emb, source="random")
-
-    def batch(i: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(1000 + i)
-        b = args.batch_size
-        return {"item_id": torch.randint(1, n + 1, (b,), generator=g),
-                "item_seq": torch.randint(1, n + 1, (b, args.positions), generator=g),
-                "likes_level": torch.randint(0, cfg.num_levels, (b,), generator=g),
-                "views_level": torch.randint(0, cfg.num_levels, (b,), generator=g),
-                "label": torch.randint(0, 2, (b,), generator=g).float()}
-
-    return table, batch, args.positions
-
-
 def measure_training(args: argparse.Namespace) -> dict[str, float]:
     from ctr_eval.config import resolve_config
     from ctr_eval.models import build_model
     from ctr_eval.train import make_optimizer
 
     cfg = resolve_config("din", task1=True, batch_size=args.batch_size)
-    table, make_batch, positions = (random_batches if args.random else real_batches)(args, cfg)
+    table, make_batch, positions = (random_din_batches(args.items, args.positions, args.batch_size, cfg) if args.random
+                                         else real_batches(args, cfg))
     torch.manual_seed(cfg.seed)
     model = build_model("din", cfg, table, attention_impl=args.impl)
     model.train()
@@ -206,14 +177,11 @@ def print_parts(title: str, parts: dict[str, float]) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=None, help="challenge-layout root (default: synthetic)")
-    p.add_argument("--scale", default="small")
-    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "mmembed" / "bench"))
-    p.add_argument("--random", action="store_true", help="random items + full histories")
-    p.add_argument("--items", type=int, default=91_717, help="items with --random")
-    p.add_argument("--positions", type=int, default=64, help="history positions with --random")
+    add_data_args(p)
+    p.add_argument("--random", action="store_true", help="random items + full histories (see below)")
+    add_random_batch_args(p)
     p.add_argument("--impl", choices=["exact", "plain"], default="exact")
-    p.add_argument("--batch-size", type=int, default=8192)
+    add_batch_size(p, 8192)
     p.add_argument("--batches", type=int, default=4, help="timed training steps")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--matmul-size", type=int, default=4096)

@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import add_batch_size, add_random_batch_args, random_din_batches
 
 TRAIN_ROWS = 3_600_000
 TARGET_EPOCH_SECONDS = 30.0
@@ -33,9 +32,8 @@ TARGET_EPOCH_SECONDS = 30.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch-size", type=int, default=8192)
-    p.add_argument("--positions", type=int, default=64, help="history positions, all filled")
-    p.add_argument("--items", type=int, default=91_717)
+    add_batch_size(p, 8192)
+    add_random_batch_args(p)
     p.add_argument("--batches", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
@@ -49,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     from ctr_eval.config import resolve_config
     from ctr_eval.models import build_model
     from ctr_eval.train import make_optimizer
-    from din_flops import random_batches
 
     if not torch.cuda.is_available() and not args.allow_cpu:
         print("din_gpu: no CUDA device here; this bench measures a GPU (pass --allow-cpu for a dry "
@@ -58,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     acc = make_accelerator(RunOptions(device=device, mixed_precision=args.mixed_precision, progress=False))
     cfg = resolve_config("din", task1=True, batch_size=args.batch_size)
-    table, make_batch, _ = random_batches(argparse.Namespace(items=args.items, batch_size=args.batch_size,
-                                                             positions=args.positions), cfg)
+    table, make_batch, _ = random_din_batches(args.items, args.positions, args.batch_size, cfg)
     torch.manual_seed(cfg.seed)
     model = build_model("din", cfg, table)
     optimizer = make_optimizer(model, cfg.learning_rate)

@@ -4,25 +4,25 @@
     python bench/din_step_profile.py --batch-size 4096 --steps 1 --profile  # top ops by self time
     python bench/din_step_profile.py --serial-mask                          # one bernoulli_ per mask
 
-Random items, every one of the 64 history positions real (din_flops.random_batches), the
+Random items, every one of the 64 history positions real (benchlib.random_din_batches), the
 Task 1 DIN with the trainer's dropout generator and its heap setting (reuse_freed_memory),
 fused Adam and gradient clipping as the trainer runs them. Used to find and check the
 speed steps recorded in bench/README.md.
 """
-import sys, time, argparse
+import argparse
+import time
+
 import torch
-from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from din_flops import random_batches
+
+from benchlib import add_batch_size, add_random_batch_args, random_din_batches
 from ctr_eval.config import resolve_config
 from ctr_eval.models import build_model
 from ctr_eval.train import make_optimizer
 from ctr_eval.global_batch import set_dropout_generator
 
 p = argparse.ArgumentParser()
-p.add_argument("--batch-size", type=int, default=8192)
-p.add_argument("--positions", type=int, default=64)
-p.add_argument("--items", type=int, default=91717)
+add_batch_size(p, 8192)
+add_random_batch_args(p)
 p.add_argument("--steps", type=int, default=3)
 p.add_argument("--profile", action="store_true")
 p.add_argument("--serial-mask", action="store_true")
@@ -30,7 +30,7 @@ args = p.parse_args()
 import ctr_eval.global_batch as gb
 if args.serial_mask: gb.MASK_PIECE = 1 << 40
 cfg = resolve_config("din", task1=True, batch_size=args.batch_size)
-table, make_batch, _ = random_batches(args, cfg)
+table, make_batch, _ = random_din_batches(args.items, args.positions, args.batch_size, cfg)
 torch.manual_seed(0)
 model = build_model("din", cfg, table)
 model.train()

@@ -40,8 +40,7 @@ least 2x FuxiCTR's training samples/s.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -50,106 +49,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from _peak_rss import peak_rss_mb  # bench/, this script's folder
+from benchlib import (DEFAULT_CACHE, DIN_MAX_LEN, ResultsFile, add_batch_size, add_data_args, dataset_split,
+                      logger, make_bench_root, peak_rss_mb)
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "_fuxictr_runner.py"
-DEFAULT_CACHE = Path.home() / ".cache" / "mmembed"
 DEFAULT_VENV = DEFAULT_CACHE / "fuxictr-2.3.10-venv"
 FUXICTR_VERSION = "2.3.10"
-SPLIT_DIR = "MicroLens_1M_x1"
 AUC_TARGET = 0.005
 TASK1_SEED = 20242025
 SPEED_TARGET = 2.0
 FULL_SPEED_TARGET = 5.0  # --steps: training samples/s at the real data's shape
 FULL_HISTORY_SPEED_TARGET = 3.0  # --steps --full-histories
 MEMORY_TARGET = 3.0  # --steps: FuxiCTR's peak RSS over ctr_eval's, whole train split loaded
-DIN_MAX_LEN = 64  # the challenge DIN's history length (the last 64 positions)
 REAL_TRAIN_ROWS = 3_600_000  # MicroLens_1M_x1's train split, for the epoch-time estimate
 
-
-def log(message: str) -> None:
-    print(f"[din_vs_fuxictr {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- data
-
-def ensure_dataset(args: argparse.Namespace) -> Path:
-    """The dataset root to benchmark on: --data-dir, or a cached synthetic one."""
-    if args.data_dir:
-        root = Path(args.data_dir)
-        split = root / SPLIT_DIR if (root / SPLIT_DIR).is_dir() else root
-        for name in ("train.parquet", "valid.parquet", "item_info.parquet"):
-            if not (split / name).is_file():
-                raise FileNotFoundError(f"{split / name} not found (--data-dir must be a "
-                                        f"challenge-layout root or its {SPLIT_DIR} folder)")
-        return split
-    root = Path(args.cache_dir) / f"synthetic-{args.scale}-seed{args.data_seed}"
-    if not (root / SPLIT_DIR / "item_info.parquet").is_file():
-        from mmembed.datasets.synthetic import generate
-
-        log(f"generating synthetic '{args.scale}' data (seed {args.data_seed}, no images) in {root}")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
-        generate(tmp, scale=args.scale, seed=args.data_seed, progress=False, with_images=False)
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    return root / SPLIT_DIR
-
-
-def write_atomically(path: Path, write: Any) -> None:
-    """write(tmp) then rename onto path: a bench started beside a running one rewrites the
-    shared bench copy without a reader ever seeing half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
-def real_positions(table: Any, max_len: int = DIN_MAX_LEN) -> Any:
-    """Per row, how many of the last ``max_len`` history positions hold an item (not 0)."""
-    import numpy as np
-
-    seq = table.column("item_seq").combine_chunks()
-    width = len(seq[0]) if len(seq) else 0
-    flat = seq.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-    return (flat[:, -max_len:] != 0).sum(axis=1)
-
-
-def make_bench_root(split_dir: Path, out_root: Path, train_rows: int, valid_rows: int,
-                    full_histories: bool = False) -> dict:
-    """Write out_root/MicroLens_1M_x1 with the first rows of train/valid (with
-    ``full_histories``: the first rows whose last 64 history positions all hold an item);
-    return row counts and the mean number of real history positions the DIN sees."""
-    import pyarrow.parquet as pq
-
-    dst = out_root / SPLIT_DIR
-    dst.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, Any] = {}
-    for name, limit in (("train", train_rows), ("valid", valid_rows)):
-        table = pq.read_table(split_dir / f"{name}.parquet")
-        if "label" not in table.column_names:
-            raise ValueError(f"{split_dir / (name + '.parquet')}: no label column")
-        if full_histories:
-            real = real_positions(table)
-            keep = (real == DIN_MAX_LEN).nonzero()[0]
-            if limit and len(keep) < limit:
-                raise SystemExit(f"{split_dir / (name + '.parquet')}: only {len(keep)} rows have "
-                                 f"{DIN_MAX_LEN} real history positions; ask for fewer rows")
-            table = table.take(keep[:limit] if limit else keep)
-        if limit and limit < table.num_rows:
-            table = table.slice(0, limit)
-        write_atomically(dst / f"{name}.parquet", lambda tmp: pq.write_table(table, tmp))
-        counts[name] = table.num_rows
-        if name == "train":
-            counts["mean_real_positions"] = round(float(real_positions(table).mean()), 2)
-            counts["history_len"] = len(table.column("item_seq")[0]) if table.num_rows else 0
-    write_atomically(dst / "item_info.parquet",
-                     lambda tmp: shutil.copyfile(split_dir / "item_info.parquet", tmp))
-    counts["items"] = pq.read_metadata(dst / "item_info.parquet").num_rows - 1
-    return counts
+log = logger("din_vs_fuxictr")
 
 
 # --------------------------------------------------------------------------- fuxictr venv
@@ -482,18 +399,14 @@ def report_seeds(counts: dict, per_seed: list[dict], args: argparse.Namespace) -
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=None, help="challenge-layout root (default: synthetic)")
-    p.add_argument("--scale", default="small", help="synthetic scale when --data-dir is not given")
-    p.add_argument("--data-seed", type=int, default=0, help="synthetic generator seed")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE / "bench"),
-                   help="where synthetic data and bench copies are kept")
+    add_data_args(p)
     p.add_argument("--train-rows", type=int, default=40_000, help="first N train rows (0: all)")
     p.add_argument("--valid-rows", type=int, default=0, help="first N valid rows (0: all)")
     p.add_argument("--epochs", type=int, default=3)
     # 1024, not the challenge's 8192: 40k rows at 8192 are 5 steps an epoch, too few for
     # either side to leave AUC 0.5, so the AUC comparison would say nothing. batch_size is
     # one of the five Task 1 tunables; pass --batch-size 8192 for the challenge's value.
-    p.add_argument("--batch-size", type=int, default=1024)
+    add_batch_size(p, 1024)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--embedding-regularizer", type=float, default=1e-6)
     p.add_argument("--net-regularizer", type=float, default=0.0)
@@ -566,29 +479,10 @@ def _settings_key(args: argparse.Namespace, counts: dict) -> str:
     return json.dumps({"settings": settings, "data": counts}, sort_keys=True)
 
 
-@contextlib.contextmanager
-def locked_results(args: argparse.Namespace, counts: dict) -> Iterator[dict]:
-    """The per-seed results in --results-file, under an exclusive lock; written back atomically.
-
-    Yields {seed: {"seed", "fuxictr", "ctr_eval"[, "ctr_eval_same_init"]}} ({} for a new file); what the caller puts
-    in it is saved when the block ends. Refuses a file made with other data or settings.
-    """
-    path = Path(args.results_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = _settings_key(args, counts)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another bench may be saving its side of a seed
-        stored = json.loads(path.read_text()) if path.is_file() else {"key": key, "seeds": {}}
-        if stored.get("key") != key:
-            old, new = json.loads(stored.get("key", "{}")), json.loads(key)
-            differ = {f"{part}.{k}": (old.get(part, {}).get(k), v)
-                      for part in new for k, v in new[part].items() if old.get(part, {}).get(k) != v}
-            raise SystemExit(f"{path} holds results of other data or settings (stored vs now: "
-                             f"{differ}); pass another --results-file")
-        yield stored["seeds"]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(stored, indent=2, default=str))
-        tmp.replace(path)  # atomic: a killed bench never leaves half a file
+def result_key(args: argparse.Namespace, counts: dict, seed: int) -> str:
+    """A seed's key in --results-file: the seed and a digest of the settings key."""
+    digest = hashlib.sha256(_settings_key(args, counts).encode()).hexdigest()[:12]
+    return f"seed {seed} | {digest}"
 
 
 def stored_seed(args: argparse.Namespace, counts: dict, seed: int) -> dict:
@@ -596,14 +490,13 @@ def stored_seed(args: argparse.Namespace, counts: dict, seed: int) -> dict:
     empty = {"seed": seed, "fuxictr": None, "ctr_eval": None}
     if not args.results_file:
         return empty
-    with locked_results(args, counts) as seeds:
-        return {**empty, **seeds.get(str(seed), {})}
+    return {**empty, **ResultsFile(args.results_file).get(result_key(args, counts, seed), {})}
 
 
 def store_side(args: argparse.Namespace, counts: dict, seed: int, side: str, result: dict) -> None:
-    with locked_results(args, counts) as seeds:
-        entry = seeds.setdefault(str(seed), {"seed": seed, "fuxictr": None, "ctr_eval": None})
-        entry[side] = result
+    """Keep one side of a seed; another bench may be saving the other side of it meanwhile."""
+    ResultsFile(args.results_file).merge(result_key(args, counts, seed), {
+        "seed": seed, "settings": json.loads(_settings_key(args, counts)), side: result})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -613,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed != TASK1_SEED and not args.skip_ctr_eval:
         log(f"note: seed {args.seed}: ctr_eval runs the Task 1 config outside Task 1 mode (which "
             f"fixes seed {TASK1_SEED})")
-    split_dir = ensure_dataset(args)
+    split_dir = dataset_split(args)
     tag = f"{split_dir.parent.name}-train{args.train_rows or 'all'}-valid{args.valid_rows or 'all'}"
     if args.full_histories:
         tag += "-fullhist"

@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from benchlib import ResultsFile
+
 logger = logging.getLogger(__name__)
 
 ALPHAS = np.logspace(-2, 4, 13)
@@ -126,22 +128,6 @@ def machine() -> dict[str, Any]:
             "load_avg": [round(v, 2) for v in os.getloadavg()]}
 
 
-def read_results(path: Path | None) -> dict[str, Any]:
-    if path is None or not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--results-file {path} is not valid JSON: {err}") from None
-
-
-def write_results(path: Path, results: dict[str, Any]) -> None:
-    from ctr_eval.format import atomic_path
-
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(results, indent=1) + "\n")
-
-
 def result_key(root: Path, items: int, spec: Any) -> str:
     from mmembed.api import format_spec
 
@@ -187,7 +173,8 @@ def run(args: argparse.Namespace, cache_dir: Path) -> tuple[dict[str, dict[str, 
     full = ItemCatalog.from_dir(args.root, progress=False)
     catalog = full.subset(np.arange(min(args.items, len(full))))
     latent, blocks = load_truth(args.root, np.asarray(catalog.item_ids))
-    stored = read_results(args.results_file)
+    store = ResultsFile(args.results_file) if args.results_file is not None else None
+    stored = store.read() if store is not None else {}
     rows: dict[str, dict[str, Any]] = {}
     for spec in specs:
         key = result_key(args.root, len(catalog), spec)
@@ -196,8 +183,8 @@ def run(args: argparse.Namespace, cache_dir: Path) -> tuple[dict[str, dict[str, 
             facts = machine()  # before the run: its load average is the one it started under
             stored[key] = {**probe_encoder(spec, catalog, latent, blocks, cache_dir, args.num_workers),
                            "machine": facts, "spec": format_spec(spec)}
-            if args.results_file is not None:
-                write_results(args.results_file, stored)
+            if store is not None:
+                store.put(key, stored[key])
         rows[format_spec(spec)] = stored[key]
     prefix = f"{args.root.resolve()}|{len(catalog)}|"
     for key, row in stored.items():  # everything else F holds for this data and size

@@ -26,16 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import BENCH_CACHE, add_batch_size, synthetic_root
+
 
 def build_catalog(n_items: int, data_dir: Path | None, workdir: Path):
     """(ItemCatalog, cover paths) of n_items records cycling over a dataset's items."""
     from mmembed.datasets import ItemCatalog
 
     if data_dir is None:
-        from mmembed.datasets.synthetic import generate
-
-        data_dir = workdir / "tiny"
-        generate(data_dir, scale="tiny", seed=0, progress=False)
+        data_dir = synthetic_root(BENCH_CACHE, "tiny", 0, with_images=True)
     source = ItemCatalog.from_dir(data_dir)
     images = data_dir / "item_images"
     if not images.is_dir():
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--data", type=Path, default=None, help="dataset root to take items from (default: tiny synthetic)")
     parser.add_argument("--only", choices=["sbert", "clip"], default=None)
-    parser.add_argument("--batch-size", type=int, default=64)
+    add_batch_size(parser, 64, help="items per encoder batch (default 64)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--clip-pretrained", default=None, help="open_clip tag (default: random init)")
     parser.add_argument("--num-workers", type=int, default=None,

@@ -31,21 +31,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from benchlib import ResultsFile, logger
 from encoder_probe import r2_score, ridge_predict
-from history_proxy import history_proxy_auc
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "fusion_probe.json"
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "compare_fusions.yaml"
 TRAIN_FRACTION = 0.8
 
 
-def log(message: str) -> None:
-    print(f"[fusion_probe {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = logger("fusion_probe")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,12 +89,13 @@ def probe_table(table: np.ndarray, latent: np.ndarray, blocks: dict[str, tuple[i
 
 
 def run_missing(args: argparse.Namespace) -> dict:
-    from ctr_eval.format import write_json
+    from mmembed.recipes.checks import proxy_auc
     from mmembed.recipes.tables import RARE_BELOW, load_truth
 
     from mmembed.recipes.runner import RunContext, build_table, prepare_data
 
-    results = json.loads(args.results_file.read_text()) if args.results_file.is_file() else {}
+    store = ResultsFile(args.results_file)
+    results = store.read()
     ctx = RunContext(args.recipe, args.run_dir, args.run_dir.parent / ".cache", say=log)
     args.run_dir.mkdir(parents=True, exist_ok=True)
     prepare_data(ctx)
@@ -105,7 +104,6 @@ def run_missing(args: argparse.Namespace) -> dict:
     layout = json.loads((root / "oracle" / "latent_layout.json").read_text())
     blocks = {name: (int(lo), int(hi)) for name, (lo, hi) in layout["blocks"].items()}
     frequent = truth.train_target_counts[1:] >= RARE_BELOW
-    items = np.arange(1, len(truth.train_target_counts))
     specs = {e.name: e for e in args.recipe.embeddings}
     for row in args.rows:
         key = f"{args.recipe.name}/{row}|{args.seed}"
@@ -121,8 +119,8 @@ def run_missing(args: argparse.Namespace) -> dict:
         results[key] = {"row": row, "seed": args.seed, "recipe": args.recipe.name,
                         "frequent_items": int(frequent.sum()),
                         "r2": probe_table(np.asarray(table), truth.latent, blocks, frequent),
-                        "history_cosine_auc": history_proxy_auc(np.asarray(table)[1:], items, root)}
-        write_json(args.results_file, results)
+                        "history_cosine_auc": proxy_auc(root, np.asarray(table))}
+        store.put(key, results[key])
         log(f"{row}: probed")
     return results
 
@@ -143,8 +141,7 @@ def format_table(results: dict, recipe: str, rows: list[str], seed: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    results = (json.loads(args.results_file.read_text()) if args.results_file.is_file() else {}) \
-        if args.print_only else run_missing(args)
+    results = ResultsFile(args.results_file).read() if args.print_only else run_missing(args)
     print(f"Seed {args.seed}'s table per row: history-cosine AUC on valid rows; held-out R^2 of each "
           "latent block, all / frequent / rare items:\n")
     print(format_table(results, args.recipe.name, args.rows, args.seed))

@@ -20,24 +20,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from mmembed.api import _head_sequences, build_head, parse_spec
 from mmembed.cache import encode_cached
-from mmembed.datasets import ItemCatalog, load_interactions
+from mmembed.datasets import ItemCatalog
 from mmembed.encoders import create_encoder
+from mmembed.recipes.checks import proxy_auc
 
 
 def history_proxy_auc(vectors: np.ndarray, item_ids: np.ndarray, data: str | Path) -> float:
-    """AUC over valid.parquet of cosine(mean history vector, target vector);
-    ``vectors`` row i = item ``item_ids[i]``."""
-    rows = load_interactions(data, "valid")
-    table = np.zeros((int(item_ids.max()) + 1, vectors.shape[1]), np.float64)
-    table[item_ids] = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    real = rows.item_seq > 0
-    pooled = (table[rows.item_seq] * real[..., None]).sum(axis=1) / np.maximum(real.sum(axis=1), 1)[:, None]
-    pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-    return float(roc_auc_score(rows.label, (pooled * table[rows.item_id]).sum(axis=1)))
+    """The recipes' proxy AUC (``mmembed.recipes.checks.proxy_auc``) of ``vectors``, row i
+    being item ``item_ids[i]``."""
+    table = np.zeros((int(item_ids.max()) + 1, vectors.shape[1]), np.float32)
+    table[item_ids] = vectors
+    return proxy_auc(Path(data), table)
 
 
 def main() -> None:

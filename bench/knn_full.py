@@ -21,24 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_ROOT = Path("runs") / "bench" / "synthetic-full-seed0"
+from benchlib import synthetic_root
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=str(DEFAULT_ROOT), help="synthetic dataset root (generated if absent)")
+    p.add_argument("--root", default=None,
+                   help="synthetic dataset root (default: `full`, seed 0, generated once under --cache-dir)")
+    p.add_argument("--cache-dir", default=str(Path("runs") / "bench"), help="where the generated data is kept")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="torch and FAISS threads")
     return p.parse_args(argv)
-
-
-def ensure_full(root: Path) -> None:
-    if (root / "oracle" / "item_latent.npy").is_file():
-        return
-    from mmembed.datasets.synthetic import generate
-
-    print(f"generating synthetic full (seed 0, no covers) into {root} ...", file=sys.stderr)
-    generate(root, scale="full", seed=0, progress=True, overwrite=True, with_images=False)
 
 
 def torch_topk(vectors: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
@@ -80,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         faiss.omp_set_num_threads(args.threads)
     from mmembed.knn import history_proxy_auc, neighbour_report, neighbours
 
-    root = Path(args.root)
-    ensure_full(root)
+    root = Path(args.root) if args.root else synthetic_root(args.cache_dir, "full", 0)
+    if not (root / "oracle" / "item_latent.npy").is_file():
+        raise SystemExit(f"{root}: no oracle/item_latent.npy; --root must be a synthetic dataset root")
     table, tags, histories, latent, valid_seq, valid_ids, labels = load(root)
     print(f"{len(table):,} items, {len(histories):,} user histories, {len(labels):,} valid rows")
     started = time.perf_counter()

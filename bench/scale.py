@@ -6,8 +6,8 @@
     python bench/scale.py --print-only            # the table of what is on disk
 
 Each stage runs in a fresh child process, which reports its wall time and its own peak
-resident memory (VmHWM, bench/_peak_rss.py). Results are kept per (scale, stage) in
-bench/results/scale.json: a rerun skips finished stages (``--redo`` reruns them), so an
+resident memory (VmHWM, benchlib.peak_rss_mb). Results are kept per (scale, stage) in
+bench/results/scale.json (``--results-file``): a rerun skips finished stages (``--redo`` reruns them), so an
 interrupted run resumes. Datasets and caches live under ``--work`` (default
 runs/bench/scale/).
 
@@ -38,12 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchlib import ResultsFile, peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "scale.json"
@@ -204,17 +205,6 @@ def _wait_peak(child: subprocess.Popen) -> float:
 
 
 # -- the parent: stages in children, results kept ---------------------------------------------
-def load_results() -> dict:
-    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-
-
-def save_results(results: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    os.replace(tmp, RESULTS)
-
-
 def sizes(scale: str) -> dict:
     from mmembed.datasets.synthetic.scales import SCALES as PRESETS
 
@@ -274,6 +264,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     p.add_argument("--clip-items", type=int, default=2000, help="items clip encodes at most (scaled to all)")
     p.add_argument("--din-rows", type=int, default=100_000, help="train rows of the DIN epoch (scaled to all)")
+    p.add_argument("--results-file", type=Path, default=RESULTS, help="finished stages, kept (default %(default)s)")
     p.add_argument("--redo", action="store_true", help="rerun stages already in the results")
     p.add_argument("--print-only", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -284,13 +275,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.child:
-        sys.path.insert(0, str(HERE))
-        from _peak_rss import peak_rss_mb
-
         figures = run_stage(args.child, args.scale, args.work, args)
         print(json.dumps({**figures, "peak_mb": round(peak_rss_mb(), 1)}))
         return
-    results = load_results()
+    store = ResultsFile(args.results_file)
+    results = store.read()
     if not args.print_only:
         for scale in args.scales.split(","):
             for stage in args.stages.split(","):
@@ -302,8 +291,7 @@ def main() -> None:
                     continue
                 print(f"[scale] {scale} {stage} ...", file=sys.stderr, flush=True)
                 figures = run_child(stage, scale, args)
-                results.setdefault(scale, {})[stage] = figures
-                save_results(results)
+                results[scale] = store.merge(scale, {stage: figures})
                 print(f"[scale] {scale} {stage}: {json.dumps(figures)}", file=sys.stderr, flush=True)
     print_table(results)
 

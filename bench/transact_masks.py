@@ -26,24 +26,18 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from din_vs_fuxictr import DEFAULT_CACHE, ensure_dataset, make_bench_root  # noqa: E402
+from benchlib import add_batch_size, add_data_args, dataset_split, make_bench_root
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None, help="challenge-layout root (default: synthetic)")
-    p.add_argument("--scale", default="small", help="synthetic scale when --data-dir is not given")
-    p.add_argument("--data-seed", type=int, default=0, help="synthetic generator seed")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE / "bench"))
+    add_data_args(p)
     p.add_argument("--train-rows", type=int, default=0, help="first N train rows (0: all)")
     p.add_argument("--valid-rows", type=int, default=0, help="first N valid rows (0: all)")
     p.add_argument("--epochs", type=int, default=2, help="epoch cap (early stopping may end sooner)")
     p.add_argument("--first-k-cols", type=int, default=None,
                    help="transformer outputs flattened (published: 16)")
-    p.add_argument("--batch-size", type=int, default=None, help="published: 128")
+    add_batch_size(p, None, help="rows per step (default: the recipe's; published: 128)")
     p.add_argument("--learning-rate", type=float, default=None, help="published: 5e-4")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--device", default=None, choices=[None, "cpu", "cuda"])
@@ -65,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     import ctr_eval
     from ctr_eval.config import resolve_config
 
-    split_dir = ensure_dataset(args)
+    split_dir = dataset_split(args)
     tag = f"{split_dir.parent.name}-train{args.train_rows or 'all'}-valid{args.valid_rows or 'all'}"
     root = Path(args.cache_dir) / "runs" / tag
     counts = make_bench_root(split_dir, root, args.train_rows, args.valid_rows)
