@@ -97,7 +97,7 @@ def cmd_fusions(args: argparse.Namespace) -> int:
     for name in FUSIONS.names():
         cls = FUSIONS.get(name)
         summary = (inspect.getdoc(cls) or "").splitlines()[0] if inspect.getdoc(cls) else ""
-        params = ", ".join(cls._param_names())
+        params = ", ".join(cls.param_names())
         print(f"{name:14s} {summary}\n{'':14s} parameters: {params}"
               + ("; learns from train histories" if cls.uses_sequences else ""))
     return 0

@@ -256,23 +256,9 @@ class BlockPCAHead(FusionHead):
             logger.info("%s: invalid rows filled with the block mean: %s", self.name, filled)
         return blocks
 
-    def _preparation_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        state = {
-            "block_names": self.block_names_,
-            "block_dims": self.block_dims_,
-            "block_weights": self.block_weights_,
-            "n_filled": self.n_filled_,
-        }
-        arrays = {}
-        for i, (fill, shift, scale) in enumerate(zip(self.block_fill_, self.block_shift_, self.block_scale_)):
-            arrays[f"fill_{i}"] = fill
-            if shift is not None:
-                arrays[f"shift_{i}"], arrays[f"scale_{i}"] = shift, scale
-        return state, arrays
-
     def _set_preparation_state(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-        """Inverse of _preparation_state; heads saved before weights and standardisation
-        existed have neither (weights 1, no standardisation)."""
+        """The preparation part of a folder saved before 5 Dec 2026; heads saved before
+        weights and standardisation existed have neither (weights 1, no standardisation)."""
         self.block_names_ = list(state["block_names"])
         self.block_dims_ = [int(d) for d in state["block_dims"]]
         count = len(self.block_names_)

@@ -5,7 +5,9 @@ parameters, ``fit(features, sequences=None)`` learns attributes whose names end 
 ``transform`` maps features to vectors, and ``transform`` before ``fit`` raises
 ``sklearn.exceptions.NotFittedError``. A fitted head saves to a folder (a JSON file for
 parameters and small state, an ``.npz`` for arrays; no pickle) and loads back to give
-identical outputs.
+identical outputs: every fitted attribute is saved without the head listing it
+(``mmembed/fusion/_state.py``); a head holding a torch module rebuilds it in
+``_new_network(name)``.
 
 ``features`` is a mapping from an encoder name to that encoder's output for the same
 items in the same order: an ``EncodedFeatures`` (anything with ``.vectors`` and
@@ -25,6 +27,7 @@ import numpy as np
 from sklearn.exceptions import NotFittedError
 
 from ctr_eval.format import atomic_path
+from mmembed.fusion._state import STATE_FORMAT, decode_state, encode_state, fitted_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +100,8 @@ class FusionHead(ABC):
 
     # -- parameters (scikit-learn convention: read from the __init__ signature) --------
     @classmethod
-    def _param_names(cls) -> list[str]:
+    def param_names(cls) -> list[str]:
+        """The constructor's parameter names, in order."""
         signature = inspect.signature(cls.__init__)
         return [
             p.name for p in signature.parameters.values()
@@ -107,12 +111,12 @@ class FusionHead(ABC):
     def _store_params(self, arguments: Mapping[str, Any]) -> None:
         """Keep every constructor argument as an attribute of the same name (heads call
         ``self._store_params(locals())`` as their ``__init__``'s only line)."""
-        for name in self._param_names():
+        for name in self.param_names():
             setattr(self, name, arguments[name])
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters, JSON-able."""
-        return {name: getattr(self, name) for name in self._param_names()}
+        return {name: getattr(self, name) for name in self.param_names()}
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -136,7 +140,7 @@ class FusionHead(ABC):
 
     @property
     def is_fitted(self) -> bool:
-        return any(k.endswith("_") and not k.startswith("_") for k in vars(self))
+        return bool(fitted_attributes(self))
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
@@ -146,27 +150,31 @@ class FusionHead(ABC):
             )
 
     # -- persistence ------------------------------------------------------------------
-    @abstractmethod
-    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The fitted state as (JSON-able dict, named arrays)."""
-        raise NotImplementedError
+    def _new_network(self, name: str) -> Any:
+        """A fresh torch module for the fitted attribute ``name`` (its weights are loaded
+        after); called on load, once every other fitted attribute is back."""
+        raise NotImplementedError(f"{type(self).__name__} saved a torch module as {name!r}: "
+                                  "define _new_network(name) to rebuild it")
 
-    @abstractmethod
-    def _set_state(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-        raise NotImplementedError
+    def _load_state_v1(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """Read a folder saved before fitted state was saved generically (no
+        ``state_format`` in its config); heads of that time override this."""
+        raise ValueError(f"{type(self).__name__}: this folder was saved in an older layout "
+                         "that this head cannot read; fit and save it again")
 
     def save(self, directory: str | Path) -> Path:
         """Write the fitted head into ``directory`` (created if needed), atomically per file."""
         self._check_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state, arrays = self._get_state()
+        state, arrays = encode_state(self)
         from mmembed import __version__
 
         config = {
             "name": self.name,
             "params": self.get_params(),
             "state": state,
+            "state_format": STATE_FORMAT,
             "mmembed_version": __version__,
         }
         # Arrays first, config last: a folder with a config always has its arrays.
@@ -200,7 +208,7 @@ class FusionHead(ABC):
                 f"{config_path} holds a {config['name']!r} head, not {cls.name!r}; "
                 "load it with mmembed.fusion.load_fusion"
             )
-        known = set(target._param_names())
+        known = set(target.param_names())
         retired = sorted(set(config["params"]) - known)
         if retired:  # e.g. ``epochs`` of trained heads saved before step budgets
             logger.info("%s: ignoring parameter(s) %s of an older mmembed (fitted state is kept)",
@@ -208,5 +216,11 @@ class FusionHead(ABC):
         head = target(**{k: v for k, v in config["params"].items() if k in known})
         with np.load(state_path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-        head._set_state(config["state"], arrays)
+        if config.get("state_format", 1) == 1:
+            head._load_state_v1(config["state"], arrays)
+        elif config["state_format"] == STATE_FORMAT:
+            decode_state(head, config["state"], arrays)
+        else:
+            raise ValueError(f"{config_path}: state_format {config['state_format']} is newer than this "
+                             f"mmembed reads ({STATE_FORMAT}); upgrade mmembed")
         return head

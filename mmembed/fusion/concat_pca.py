@@ -156,18 +156,8 @@ class ConcatPCA(BlockPCAHead):
         return out
 
     # -- persistence ---------------------------------------------------------------------
-    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        state, arrays = self._preparation_state()
-        state.update(n_fit_items=self.n_fit_items_, n_features_in=self.n_features_in_)
-        arrays.update(
-            mean=self.mean_,
-            components=self.components_,
-            explained_variance=self.explained_variance_,
-            explained_variance_ratio=self.explained_variance_ratio_,
-        )
-        return state, arrays
-
-    def _set_state(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    def _load_state_v1(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """A folder saved before 5 Dec 2026 (per-head layout)."""
         self._set_preparation_state(state, arrays)
         self.n_fit_items_ = int(state["n_fit_items"])
         self.n_features_in_ = int(state["n_features_in"])

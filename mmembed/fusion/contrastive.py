@@ -253,23 +253,11 @@ class ContrastiveFusion(FusionHead):
         return self.net_.residual.vectors()
 
     # -- persistence ---------------------------------------------------------------------
-    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        state = {
-            "block_names": self.block_names_, "block_dims": self.block_dims_,
-            "n_items": self.n_items_, "n_pairs": self.n_pairs_,
-            "n_held_out_pairs": self.n_held_out_pairs_, "history": self.history_,
-            "best_step": self.best_step_, "steps": self.steps_, "stopped": self.stopped_,
-            "processes": self.processes_,
-            "n_fit_items": self.n_fit_items_,
-        }
-        arrays = {"item_counts": self.item_counts_}
-        for i, (mean, scale) in enumerate(zip(self.block_mean_, self.block_scale_)):
-            arrays[f"block_mean_{i}"], arrays[f"block_scale_{i}"] = mean, np.asarray(scale)
-        for key, value in self.net_.state_dict().items():
-            arrays[f"net.{key}"] = value.detach().cpu().numpy()
-        return state, arrays
+    def _new_network(self, name: str) -> Any:
+        return self._new_net(self.block_dims_, self.n_items_, self.item_counts_)
 
-    def _set_state(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    def _load_state_v1(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """A folder saved before 5 Dec 2026 (per-head layout)."""
         self.block_names_ = list(state["block_names"])
         self.block_dims_ = [int(d) for d in state["block_dims"]]
         self.n_items_ = int(state["n_items"])

@@ -89,10 +89,6 @@ class GatedFusion(ContrastiveFusion):
         with torch.no_grad():
             return self.net_.gates([torch.as_tensor(x) for x in inputs]).numpy()
 
-    def _set_state(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-        super()._set_state(state, arrays)
+    def _load_state_v1(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        super()._load_state_v1(state, arrays)
         self.gates_ = arrays["gates"]
-
-    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        state, arrays = super()._get_state()
-        return state, {**arrays, "gates": self.gates_}

@@ -215,18 +215,8 @@ class ModalityPCA(BlockPCAHead):
         return out
 
     # -- persistence ---------------------------------------------------------------------
-    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        state, arrays = self._preparation_state()
-        state["block_widths"] = [self.block_widths_[n] for n in self.block_names_]
-        state["n_fit_items"] = [self.n_fit_items_[n] for n in self.block_names_]
-        for i in range(len(self.block_names_)):
-            arrays[f"mean_{i}"] = self.means_[i]
-            arrays[f"components_{i}"] = self.components_[i]
-            arrays[f"explained_variance_{i}"] = self.explained_variance_[i]
-            arrays[f"explained_variance_ratio_{i}"] = self.explained_variance_ratio_[i]
-        return state, arrays
-
-    def _set_state(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    def _load_state_v1(self, state: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """A folder saved before 5 Dec 2026 (per-head layout)."""
         self._set_preparation_state(state, arrays)
         names = self.block_names_
         self.block_widths_ = {n: int(w) for n, w in zip(names, state["block_widths"])}

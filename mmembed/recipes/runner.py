@@ -401,7 +401,7 @@ def _check_data(ctx: RunContext, truth: Any) -> None:
 def _fusion_params(spec: EmbeddingSpec) -> list[str]:
     from mmembed.fusion import FUSIONS
 
-    return FUSIONS.get(spec.fusion["name"])._param_names()
+    return FUSIONS.get(spec.fusion["name"]).param_names()
 
 
 def _table_digest(table: np.ndarray | None) -> str:

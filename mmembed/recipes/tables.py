@@ -99,7 +99,7 @@ def extracted_table(root: str | Path, encoders: list[Mapping[str, Any]], fusion:
     from mmembed.fusion import FUSIONS
 
     spec = dict(fusion) if fusion else None
-    params = FUSIONS.get(spec["name"])._param_names() if spec is not None else []
+    params = FUSIONS.get(spec["name"]).param_names() if spec is not None else []
     if "seed" in params:
         spec.setdefault("seed", seed)
     if "checkpoint_dir" in params and checkpoint_dir is not None:
