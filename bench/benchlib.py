@@ -89,7 +89,7 @@ class ResultsFile:
             stored = self.read()
             yield stored
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(stored, indent=1, sort_keys=True, default=str) + "\n")
+            tmp.write_text(json.dumps(stored, indent=1, default=str) + "\n")
             os.replace(tmp, self.path)
 
 

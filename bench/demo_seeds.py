@@ -34,6 +34,7 @@ DEFAULT_RESULTS = ROOT / "bench" / "results" / "demo_seeds.json"
 DEFAULT_RECIPE = ROOT / "recipes" / "demo.yaml"
 BUDGET_S = 600.0
 REFERENCE_PAIRS = (("provided", "random"), ("oracle", "provided"))
+REFERENCES = ("provided", "random", "oracle")
 
 
 log = logger("demo_seeds")
@@ -111,7 +112,7 @@ def key_rows(run_dir: Path) -> dict:
 
 
 def holds(record: dict) -> bool:
-    trained = {k: v for k, v in record["vs_baseline"].items() if k not in ("provided", "random", "oracle")}
+    trained = {k: v for k, v in record["vs_baseline"].items() if k not in REFERENCES}
     return (not record["warnings"] and record["seconds"] <= BUDGET_S and bool(trained)
             and all(v[3] == "better" for v in trained.values())
             and all(v is not None and v[3] == "better" for v in record["references"].values()))
@@ -124,8 +125,9 @@ def _interval(v: list | None) -> str:
 def format_table(records: list[dict]) -> str:
     if not records:
         return "(no results)"
-    heads = sorted({k for r in records for k in r["vs_baseline"] if k not in ("provided", "random", "oracle")})
-    names = list(records[0]["valid_auc"])  # every table's valid AUC, in the recipe's order
+    heads = sorted({k for r in records for k in r["vs_baseline"] if k not in REFERENCES})
+    stored = list(records[0]["valid_auc"])  # every table's valid AUC: references first
+    names = [n for n in REFERENCES if n in stored] + [n for n in stored if n not in REFERENCES]
     header = (["data seed", "time", *names, "provided - random", "oracle - provided"]
               + [f"{h} - {records[0]['baseline']}" for h in heads] + ["warnings", "holds"])
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
