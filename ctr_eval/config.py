@@ -31,6 +31,8 @@ from typing import Any, Union
 
 __all__ = [
     "DINConfig",
+    "probability",
+    "setting",
     "TrainingConfig",
     "TransActConfig",
     "TASK1_TUNABLE",
@@ -47,6 +49,21 @@ TASK1_TUNABLE = frozenset(
 )
 
 
+def setting(default: Any, *, at_least: float | None = None, above: float | None = None,
+            below: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its constraints declared beside it, checked by ``resolve_config``
+    for every model alike. Without them an integer must be >= 1 and a float >= 0 (and
+    finite); ``choices`` are matched case-insensitively and stored as spelt here."""
+    limits = {k: v for k, v in (("at_least", at_least), ("above", above), ("below", below),
+                                ("choices", choices)) if v is not None}
+    return dataclasses.field(default=default, metadata=limits)
+
+
+def probability(default: float) -> Any:
+    """A float in [0, 1): a dropout rate, a decay factor."""
+    return setting(default, at_least=0.0, below=1.0)
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Training behaviour every model shares: FuxiCTR BaseModel's defaults (rank_model.py:
@@ -54,12 +71,12 @@ class TrainingConfig:
     early stopping on validation AUC with min_delta 1e-6). A model's config subclasses it
     as a frozen dataclass (see docs/plugins.md)."""
 
-    optimizer: str = "adam"
+    optimizer: str = setting("adam", choices=("adam",))
     epochs: int = 100
-    monitor: str = "AUC"
+    monitor: str = setting("AUC", choices=("AUC",))
     min_delta: float = 1e-6
     reduce_lr_on_plateau: bool = True
-    lr_decay_factor: float = 0.1
+    lr_decay_factor: float = probability(0.1)
     min_lr: float = 1e-6
     max_gradient_norm: float = 10.0
     shuffle: bool = True
@@ -84,19 +101,19 @@ class DINConfig(TrainingConfig):
     num_levels: int = 11  # vocab of likes_level / views_level
     max_len: int = 64
     attention_hidden_units: tuple[int, ...] = (512, 256)
-    attention_hidden_activations: str = "relu"
-    attention_dropout: float = 0.1
+    attention_hidden_activations: str = setting("relu", choices=("relu",))
+    attention_dropout: float = probability(0.1)
     din_use_softmax: bool = False
     dnn_hidden_units: tuple[int, ...] = (1024, 512, 256)
-    dnn_activations: str = "relu"
-    net_dropout: float = 0.1
+    dnn_activations: str = setting("relu", choices=("relu",))
+    net_dropout: float = probability(0.1)
     batch_norm: bool = True
     embedding_init_std: float = 1e-4
     embedding_regularizer: Regularizer = 1e-6
     net_regularizer: Regularizer = 0.0
-    learning_rate: float = 1e-3
+    learning_rate: float = setting(1e-3, above=0.0)
     batch_size: int = 8192
-    early_stop_patience: int = 3
+    early_stop_patience: int = setting(3, at_least=0)
 
 
 @dataclass(frozen=True)
@@ -124,32 +141,23 @@ class TransActConfig(TrainingConfig):
     num_heads: int = 1
     transformer_layers: int = 2
     dim_feedforward: int = 256
-    transformer_dropout: float = 0.2
-    first_k_cols: int = 16
+    transformer_dropout: float = probability(0.2)
+    first_k_cols: int = setting(16, at_least=0)
     concat_max_pool: bool = True
     published_mask: bool = False
-    dcn_cross_layers: int = 3
+    dcn_cross_layers: int = setting(3, at_least=0)
     dcn_hidden_units: tuple[int, ...] = (1024, 512, 256)
     mlp_hidden_units: tuple[int, ...] = (64, 32)
-    hidden_activations: str = "relu"
-    net_dropout: float = 0.2
+    hidden_activations: str = setting("relu", choices=("relu",))
+    net_dropout: float = probability(0.2)
     batch_norm: bool = False
     embedding_init_std: float = 1e-4
     embedding_regularizer: Regularizer = 0.0
     net_regularizer: Regularizer = 0.0
-    learning_rate: float = 5e-4
+    learning_rate: float = setting(5e-4, above=0.0)
     batch_size: int = 128
-    early_stop_patience: int = 5
+    early_stop_patience: int = setting(5, at_least=0)
 
-
-# Fields whose value must lie in [0, 1).
-_PROBABILITY_FIELDS = {"attention_dropout", "net_dropout", "transformer_dropout",
-                       "lr_decay_factor"}
-# Integer fields that may be 0 (everything else integer must be >= 1).
-_NON_NEGATIVE_INT_FIELDS = {"early_stop_patience", "dcn_cross_layers", "first_k_cols"}
-_ACTIVATIONS = {"relu"}
-_OPTIMIZERS = {"adam"}
-_MONITORS = {"AUC"}
 
 _REG_PATTERN = re.compile(r"^l([12])\(([^()]+)\)$|^l1_l2\(([^(),]+),([^(),]+)\)$")
 
@@ -196,7 +204,8 @@ def parse_regularizer(reg: Regularizer | None) -> list[tuple[int, float]]:
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
     """Check and normalise one override against the dataclass field's declared type."""
-    declared = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    declared, limits = field.type, dict(field.metadata)
     # a string under `from __future__ import annotations`, else the type itself
     field_type = declared if isinstance(declared, str) else getattr(declared, "__name__", str(declared))
     if field_type == "tuple":  # a generic alias such as tuple[int, ...]
@@ -215,23 +224,14 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
                 value = int(value)
             else:
                 raise TypeError(f"{where} must be an integer, got {value!r}")
-        low = 0 if name in _NON_NEGATIVE_INT_FIELDS else 1
-        if value < low:
-            raise ValueError(f"{where} must be >= {low}, got {value}")
-        return value
+        return _check_limits(where, value, limits or {"at_least": 1})
     if field_type == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{where} must be a number, got {value!r}")
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"{where} must be finite, got {value}")
-        if name in _PROBABILITY_FIELDS and not 0.0 <= value < 1.0:
-            raise ValueError(f"{where} must be in [0, 1), got {value}")
-        if name not in _PROBABILITY_FIELDS and value < 0:
-            raise ValueError(f"{where} must be >= 0, got {value}")
-        if name == "learning_rate" and value <= 0:
-            raise ValueError(f"{where} must be > 0, got {value}")
-        return value
+        return _check_limits(where, value, limits or {"at_least": 0.0})
     if field_type == "tuple[int, ...]":
         if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
             raise TypeError(f"{where} must be a list of positive integers, got {value!r}")
@@ -242,16 +242,28 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     if field_type == "str":
         if not isinstance(value, str):
             raise TypeError(f"{where} must be a string, got {value!r}")
-        allowed = {"optimizer": _OPTIMIZERS, "monitor": _MONITORS}.get(
-            name, _ACTIVATIONS if "activation" in name else None
-        )
-        if allowed is not None:
-            norm = value if name == "monitor" else value.lower()
-            if norm not in allowed:
-                raise ValueError(f"{where}={value!r} is not supported; valid: {sorted(allowed)}")
-            return norm
+        choices = limits.get("choices")
+        if choices is not None:
+            spelt = {c.lower(): c for c in choices}
+            if value.lower() not in spelt:
+                raise ValueError(f"{where}={value!r} is not supported; valid: {sorted(choices)}")
+            return spelt[value.lower()]
         return value
     raise TypeError(f"{where}: unsupported field type {field_type}")  # pragma: no cover
+
+
+def _check_limits(where: str, value: float, limits: dict[str, Any]) -> float:
+    """``value`` if it keeps the field's declared limits; ValueError naming them otherwise."""
+    low, above, below = limits.get("at_least"), limits.get("above"), limits.get("below")
+    if low is not None and below is not None and not low <= value < below:
+        raise ValueError(f"{where} must be in [{low:g}, {below:g}), got {value}")
+    if low is not None and value < low:
+        raise ValueError(f"{where} must be >= {low:g}, got {value}")
+    if above is not None and value <= above:
+        raise ValueError(f"{where} must be > {above:g}, got {value}")
+    if below is not None and value >= below:
+        raise ValueError(f"{where} must be < {below:g}, got {value}")
+    return value
 
 
 def resolve_config(model: str, task1: bool | None = None, **overrides: Any):

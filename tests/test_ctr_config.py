@@ -162,3 +162,33 @@ def test_config_to_dict_round_trips():
     assert as_dict["model"] == "transact_dcn" and as_dict["mlp_hidden_units"] == [8]
     rebuilt = resolve_config(as_dict.pop("model"), task1=False, **as_dict)
     assert rebuilt == cfg and config_hash(rebuilt) == config_hash(cfg)
+
+
+def test_constraints_are_declared_on_the_fields_and_checked_for_any_config():
+    # a new model's field gets its range from its declaration, not from its name
+    import dataclasses
+
+    from ctr_eval.config import TrainingConfig, _coerce, probability, setting
+
+    @dataclasses.dataclass(frozen=True)
+    class NewConfig(TrainingConfig):
+        attn_dropout: float = probability(0.1)
+        heads: int = setting(2, at_least=1)
+        kernel: str = setting("ReLU", choices=("ReLU", "gelu"))
+        warmup: int = setting(0, at_least=0)
+        width: int = 8
+
+    with pytest.raises(ValueError, match=r"NewConfig.attn_dropout must be in \[0, 1\), got 1.5"):
+        _coerce(NewConfig, "attn_dropout", 1.5)
+    assert _coerce(NewConfig, "warmup", 0) == 0
+    with pytest.raises(ValueError, match=r"NewConfig.width must be >= 1, got 0"):
+        _coerce(NewConfig, "width", 0)  # undeclared integers: >= 1
+    assert _coerce(NewConfig, "kernel", "relu") == "ReLU"  # stored as declared
+    with pytest.raises(ValueError, match=r"kernel='tanh' is not supported; valid: \['ReLU', 'gelu'\]"):
+        _coerce(NewConfig, "kernel", "tanh")
+    assert resolve_config("din", task1=False, monitor="auc").monitor == "AUC"
+
+
+def test_declared_limits_leave_the_config_hash_alone():
+    # the hash of the DIN config the demo recipes recorded before limits were declared
+    assert config_hash(resolve_config("din", task1=False, batch_size=1024, seed=1)) == "d6328993e928fe64"
