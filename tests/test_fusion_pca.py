@@ -148,19 +148,21 @@ def test_concat_options_save_and_load(tmp_path):
 
 
 def test_head_saved_before_the_options_still_loads(tmp_path):
-    """A folder in the format concat_pca wrote before these options existed."""
+    """A folder in the format concat_pca wrote before these options existed (per-head
+    layout, no weights, no standardisation), written here as that version wrote it."""
     feats, _ = _masked()
     head = ConcatPCA(dim=6).fit(feats)
-    head.save(tmp_path / "old")
-    config_path = tmp_path / "old" / "fusion.json"
-    config = json.loads(config_path.read_text())
-    config["params"] = {"dim": 6, "normalize": True}
-    del config["state"]["block_weights"]
-    config_path.write_text(json.dumps(config))
-    with np.load(tmp_path / "old" / "fusion_state.npz") as data:
-        assert sorted(data.files) == ["components", "explained_variance", "explained_variance_ratio",
-                                      "fill_0", "fill_1", "mean"]
-    loaded = load_fusion(tmp_path / "old")
+    folder = tmp_path / "old"
+    folder.mkdir()
+    state = {"block_names": head.block_names_, "block_dims": head.block_dims_, "n_filled": head.n_filled_,
+             "n_fit_items": head.n_fit_items_, "n_features_in": head.n_features_in_}
+    arrays = {"mean": head.mean_, "components": head.components_, "explained_variance": head.explained_variance_,
+              "explained_variance_ratio": head.explained_variance_ratio_,
+              **{f"fill_{i}": fill for i, fill in enumerate(head.block_fill_)}}
+    (folder / "fusion.json").write_text(json.dumps(
+        {"name": "concat_pca", "params": {"dim": 6, "normalize": True}, "state": state}))
+    np.savez(folder / "fusion_state.npz", **arrays)
+    loaded = load_fusion(folder)
     assert loaded.get_params()["standardize"] is None and loaded.block_weights_ == [1.0, 1.0]
     np.testing.assert_array_equal(loaded.transform(feats), head.transform(feats))
 
