@@ -1,12 +1,11 @@
 """Model + training configurations of the CTR evaluator.
 
-Two frozen dataclasses hold every field that changes what a result means:
-
-- :class:`DINConfig` is the challenge's Task 1 DIN, with the values of the official
-  baseline's resolved configuration (``DIN_default`` + the MicroLens tuner config of
-  the WWW 2025 MM-CTR baseline repo, run on FuxiCTR 2.3.x).
-- :class:`TransActConfig` is the 1st-place Task 2 model (Transformer over
-  [history item | target item] + DCNv2), with the values of its published config.
+Each model's config is a frozen dataclass beside the model (``ctr_eval/models/din.py``:
+``DINConfig``, the challenge's Task 1 DIN with the official baseline's resolved values;
+``ctr_eval/models/transact_dcn.py``: ``TransActConfig``, the 1st-place Task 2 model). It
+extends :class:`TrainingConfig` and holds every field that changes what a result means,
+each with its limits declared (:func:`setting`, :func:`probability`); this module checks
+overrides against them for any model, and locks the DIN in Task 1 mode.
 
 FuxiCTR behaviours that live in its ``BaseModel`` (not in the model file) are fields
 here too, so they are recorded and hashed: gradient clipping (``fit(max_gradient_norm=10.)``),
@@ -30,11 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 __all__ = [
-    "DINConfig",
     "probability",
     "setting",
     "TrainingConfig",
-    "TransActConfig",
     "TASK1_TUNABLE",
     "resolve_config",
     "config_hash",
@@ -81,82 +78,6 @@ class TrainingConfig:
     max_gradient_norm: float = 10.0
     shuffle: bool = True
     seed: int = 20242025
-
-
-@dataclass(frozen=True)
-class DINConfig(TrainingConfig):
-    """The challenge's DIN (Task 1), as the official baseline resolves it.
-
-    Architecture (FuxiCTR DIN + the challenge's ``src/DIN.py``): an item is
-    item_id emb (64) + masked-mean item_tags emb (64) + bias-free Linear(128->128) of
-    item_emb_d128 = 256 wide; DIN_Attention over the last ``max_len`` history items
-    with an MLP [4*256 -> 512 -> 256 -> 1] (ReLU, dropout after each hidden layer, no
-    batch norm, no softmax, padding scores multiplied by 0); DNN over
-    [likes (64), views (64), target (256), pooled history (256)] = 640 ->
-    1024 -> 512 -> 256 -> 1 with Linear -> BatchNorm -> ReLU -> Dropout(net_dropout).
-    """
-
-    embedding_dim: int = 64
-    pretrained_dim: int = 128
-    num_levels: int = 11  # vocab of likes_level / views_level
-    max_len: int = 64
-    attention_hidden_units: tuple[int, ...] = (512, 256)
-    attention_hidden_activations: str = setting("relu", choices=("relu",))
-    attention_dropout: float = probability(0.1)
-    din_use_softmax: bool = False
-    dnn_hidden_units: tuple[int, ...] = (1024, 512, 256)
-    dnn_activations: str = setting("relu", choices=("relu",))
-    net_dropout: float = probability(0.1)
-    batch_norm: bool = True
-    embedding_init_std: float = 1e-4
-    embedding_regularizer: Regularizer = 1e-6
-    net_regularizer: Regularizer = 0.0
-    learning_rate: float = setting(1e-3, above=0.0)
-    batch_size: int = 8192
-    early_stop_patience: int = setting(3, at_least=0)
-
-
-@dataclass(frozen=True)
-class TransActConfig(TrainingConfig):
-    """The 1st-place Task 2 model: Transformer over [history item | target] + DCNv2.
-
-    Values from its published model config: 2 encoder layers, 1 head, feed-forward 256,
-    dropout 0.2, the last ``first_k_cols`` = 16 encoder outputs flattened plus a
-    max-pooled summary through a Linear; DCNv2 (3 CrossNetV2 layers) in parallel with an
-    MLP [1024, 512, 256] (dropout 0.2); head MLP [64, 32]; embedding 64; Adam 5e-4,
-    batch 128; early stopping patience 5.
-
-    ``published_mask=True`` reproduces the published code's mask (the "real item" mask
-    passed as PyTorch's key padding mask, so attention sees padding and ignores real
-    history); ``False`` masks padding as intended.
-
-    ``max_len``: the published config sets none, so its loader kept its default of 100
-    history positions; 64 here, as for the DIN (change it in Task 2 mode if wanted).
-    """
-
-    embedding_dim: int = 64
-    pretrained_dim: int = 128
-    num_levels: int = 11
-    max_len: int = 64
-    num_heads: int = 1
-    transformer_layers: int = 2
-    dim_feedforward: int = 256
-    transformer_dropout: float = probability(0.2)
-    first_k_cols: int = setting(16, at_least=0)
-    concat_max_pool: bool = True
-    published_mask: bool = False
-    dcn_cross_layers: int = setting(3, at_least=0)
-    dcn_hidden_units: tuple[int, ...] = (1024, 512, 256)
-    mlp_hidden_units: tuple[int, ...] = (64, 32)
-    hidden_activations: str = setting("relu", choices=("relu",))
-    net_dropout: float = probability(0.2)
-    batch_norm: bool = False
-    embedding_init_std: float = 1e-4
-    embedding_regularizer: Regularizer = 0.0
-    net_regularizer: Regularizer = 0.0
-    learning_rate: float = setting(5e-4, above=0.0)
-    batch_size: int = 128
-    early_stop_patience: int = setting(5, at_least=0)
 
 
 _REG_PATTERN = re.compile(r"^l([12])\(([^()]+)\)$|^l1_l2\(([^(),]+),([^(),]+)\)$")
@@ -274,7 +195,9 @@ def resolve_config(model: str, task1: bool | None = None, **overrides: Any):
     fields may change; any other key raises ValueError saying so. Unknown keys raise
     ValueError naming the nearest valid one.
     """
-    from ctr_eval.models import config_class  # the model registry knows each config class
+    from ctr_eval.models import (
+        config_class,  # the model registry knows each config class
+    )
 
     cls = config_class(model)  # an unknown name raises UnknownNameError listing the models
     if task1 is None:

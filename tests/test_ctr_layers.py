@@ -272,7 +272,7 @@ def test_global_batch_dropout_without_generator_is_plain_dropout():
 
 
 def test_set_dropout_generator_reaches_every_dropout_layer():
-    from ctr_eval.config import DINConfig
+    from ctr_eval.models.din import DINConfig
     from ctr_eval.data import ItemTable
     from ctr_eval.models import build_model
 

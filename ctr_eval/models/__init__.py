@@ -1,7 +1,9 @@
 """CTR model registry: ``build_model(name, config, item_table)``, ``list_models()``.
 
-A model registers with its config class, ``@register_model("din", config_class=DINConfig)``;
-that is the one place its name lives: :func:`ctr_eval.config.resolve_config` and the
+A model is one file: its config (a frozen dataclass extending
+:class:`ctr_eval.config.TrainingConfig`, limits declared on its fields) and its module,
+registered with ``@register_model("din", config_class=DINConfig)``, plus one import line
+at the bottom of this file. The registration is the one place its name lives: :func:`ctr_eval.config.resolve_config` and the
 trainer find the config class and the model name through :data:`MODELS`.
 
 Every model maps a batch dict (item_id, likes_level, views_level, item_seq long; label
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DINConfig, TransActConfig, parse_regularizer
+from ..config import TrainingConfig, parse_regularizer
 from ..data import ItemTable
 from ..layers import ItemEmbedding, batch_unique, fuxictr_reset_linear, norm_penalty
 from ..registry import Registry
@@ -50,7 +52,7 @@ class CTRModel(nn.Module):
     #: config overrides (Task 2 mode) that make the model tiny for the contract tests
     #: (tests/test_ctr_models.py); every registered model must set it
     tiny_config: dict | None = None
-    config: DINConfig | TransActConfig
+    config: TrainingConfig
 
     def _build_embeddings(self, config, item_table: ItemTable) -> None:
         if item_table.emb.shape[1] != config.pretrained_dim:

@@ -21,10 +21,11 @@ formulation, item representation per position included, for tests and benchmarks
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
-from ..config import DINConfig
+from ..config import Regularizer, TrainingConfig, probability, setting
 from ..data import ItemTable
 from ..layers import ATTENTION_IMPLS, DINAttention, MLPBlock
 from . import CTRModel, register_model
@@ -32,9 +33,42 @@ from . import CTRModel, register_model
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class DINConfig(TrainingConfig):
+    """The challenge's DIN (Task 1), as the official baseline resolves it.
+
+    Architecture (FuxiCTR DIN + the challenge's ``src/DIN.py``): an item is
+    item_id emb (64) + masked-mean item_tags emb (64) + bias-free Linear(128->128) of
+    item_emb_d128 = 256 wide; DIN_Attention over the last ``max_len`` history items
+    with an MLP [4*256 -> 512 -> 256 -> 1] (ReLU, dropout after each hidden layer, no
+    batch norm, no softmax, padding scores multiplied by 0); DNN over
+    [likes (64), views (64), target (256), pooled history (256)] = 640 ->
+    1024 -> 512 -> 256 -> 1 with Linear -> BatchNorm -> ReLU -> Dropout(net_dropout).
+    """
+
+    embedding_dim: int = 64
+    pretrained_dim: int = 128
+    num_levels: int = 11  # vocab of likes_level / views_level
+    max_len: int = 64
+    attention_hidden_units: tuple[int, ...] = (512, 256)
+    attention_hidden_activations: str = setting("relu", choices=("relu",))
+    attention_dropout: float = probability(0.1)
+    din_use_softmax: bool = False
+    dnn_hidden_units: tuple[int, ...] = (1024, 512, 256)
+    dnn_activations: str = setting("relu", choices=("relu",))
+    net_dropout: float = probability(0.1)
+    batch_norm: bool = True
+    embedding_init_std: float = 1e-4
+    embedding_regularizer: Regularizer = 1e-6
+    net_regularizer: Regularizer = 0.0
+    learning_rate: float = setting(1e-3, above=0.0)
+    batch_size: int = 8192
+    early_stop_patience: int = setting(3, at_least=0)
+
+
 @register_model("din", config_class=DINConfig)
 class DIN(CTRModel):
-    """The challenge's DIN (see :class:`ctr_eval.config.DINConfig` for its architecture)."""
+    """The challenge's DIN (see :class:`DINConfig` for its architecture)."""
 
     tiny_config = {"embedding_dim": 8, "attention_hidden_units": (16, 8), "dnn_hidden_units": (32, 16)}
 

@@ -33,12 +33,13 @@ the first layer -- as in the published model.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TransActConfig
+from ..config import Regularizer, TrainingConfig, probability, setting
 from ..data import ItemTable
 from ..layers import CrossNetV2, MLPBlock
 from . import CTRModel, register_model
@@ -46,9 +47,52 @@ from . import CTRModel, register_model
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TransActConfig(TrainingConfig):
+    """The 1st-place Task 2 model: Transformer over [history item | target] + DCNv2.
+
+    Values from its published model config: 2 encoder layers, 1 head, feed-forward 256,
+    dropout 0.2, the last ``first_k_cols`` = 16 encoder outputs flattened plus a
+    max-pooled summary through a Linear; DCNv2 (3 CrossNetV2 layers) in parallel with an
+    MLP [1024, 512, 256] (dropout 0.2); head MLP [64, 32]; embedding 64; Adam 5e-4,
+    batch 128; early stopping patience 5.
+
+    ``published_mask=True`` reproduces the published code's mask (the "real item" mask
+    passed as PyTorch's key padding mask, so attention sees padding and ignores real
+    history); ``False`` masks padding as intended.
+
+    ``max_len``: the published config sets none, so its loader kept its default of 100
+    history positions; 64 here, as for the DIN (change it in Task 2 mode if wanted).
+    """
+
+    embedding_dim: int = 64
+    pretrained_dim: int = 128
+    num_levels: int = 11
+    max_len: int = 64
+    num_heads: int = 1
+    transformer_layers: int = 2
+    dim_feedforward: int = 256
+    transformer_dropout: float = probability(0.2)
+    first_k_cols: int = setting(16, at_least=0)
+    concat_max_pool: bool = True
+    published_mask: bool = False
+    dcn_cross_layers: int = setting(3, at_least=0)
+    dcn_hidden_units: tuple[int, ...] = (1024, 512, 256)
+    mlp_hidden_units: tuple[int, ...] = (64, 32)
+    hidden_activations: str = setting("relu", choices=("relu",))
+    net_dropout: float = probability(0.2)
+    batch_norm: bool = False
+    embedding_init_std: float = 1e-4
+    embedding_regularizer: Regularizer = 0.0
+    net_regularizer: Regularizer = 0.0
+    learning_rate: float = setting(5e-4, above=0.0)
+    batch_size: int = 128
+    early_stop_patience: int = setting(5, at_least=0)
+
+
 @register_model("transact_dcn", config_class=TransActConfig)
 class TransActDCN(CTRModel):
-    """The 1st-place Task 2 model (see :class:`ctr_eval.config.TransActConfig`)."""
+    """The 1st-place Task 2 model (see :class:`TransActConfig`)."""
 
     tiny_config = {"embedding_dim": 8, "first_k_cols": 4, "dim_feedforward": 32,
                    "dcn_hidden_units": (32, 16), "mlp_hidden_units": (8,)}
