@@ -94,3 +94,13 @@ def test_a_newer_state_format_is_refused(tmp_path):
     (tmp_path / FUSION_CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ValueError, match="newer than this mmembed reads"):
         _Toy.load(tmp_path)
+
+
+def test_a_saved_module_without_a_rebuild_hook_is_refused_by_name(tmp_path):
+    class _NoHook(_Toy):
+        name = "toy_no_hook"
+        _new_network = FusionHead._new_network
+
+    _NoHook().fit({"a": np.ones((4, 3), np.float32)}).save(tmp_path)
+    with pytest.raises(NotImplementedError, match=r"_NoHook saved a torch module as 'net_': define _new_network"):
+        _NoHook.load(tmp_path)
