@@ -47,3 +47,4 @@ from mmembed.fusion import concat_pca as _concat_pca  # noqa: E402,F401
 from mmembed.fusion import modality_pca as _modality_pca  # noqa: E402,F401
 from mmembed.fusion import contrastive as _contrastive  # noqa: E402,F401
 from mmembed.fusion import gated as _gated  # noqa: E402,F401
+from mmembed.fusion import rq as _rq  # noqa: E402,F401
