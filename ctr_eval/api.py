@@ -17,11 +17,11 @@ import torch
 from ctr_eval._runtime import RunOptions, make_accelerator, predict_probs, wants_cpu
 from ctr_eval.checks import check_positive_int
 from ctr_eval.config import config_hash, config_to_dict, resolve_config
-from ctr_eval.data import ItemTable, check_ids, load_item_table, load_split
+from ctr_eval.data import ItemTable, add_task2_features, check_ids, load_item_table, load_split
 from ctr_eval.format import write_json
 from ctr_eval.models import build_model
 from ctr_eval.submission import check_task, write_submission
-from ctr_eval.train import BEST_CHECKPOINT, ITEM_TABLE_FILE, RUN_FILE, Trainer, table_fingerprint
+from ctr_eval.train import BEST_CHECKPOINT, ITEM_TABLE_FILE, RUN_FILE, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def evaluate(
     eval_batch_size: int | None = None,
     num_threads: int | None = None,
     train_rows: int | None = None,
+    codes: str | os.PathLike | np.ndarray | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train ``model`` on the dataset's train split and score it on the valid split.
@@ -72,8 +73,12 @@ def evaluate(
     (autocast, for GPUs; bf16 also runs on CPU); ``num_threads``: torch CPU threads
     (default: cores / processes). ``train_rows``: train on that many train rows drawn at
     random (seed 0; the same rows for every table and seed) instead of all, for quick
-    comparisons such as the demo; recorded in the result and the run dir. All inputs are
-    checked before anything is trained or written.
+    comparisons such as the demo; recorded in the result and the run dir. ``codes``:
+    semantic-ID codes for a Task 2 config with ``item_codes=True`` (an item_codes.parquet
+    or an (N+1, L) int array; default: the item_codes.parquet beside ``item_info`` or in
+    the dataset's MicroLens_1M_x1/). The Task 2 features (``item_codes``, ``item_levels``,
+    ``user_id``: config keys) are read by :func:`ctr_eval.data.add_task2_features`. All
+    inputs are checked before anything is trained or written.
 
     Returns a dict with valid_auc, valid_logloss (best epoch), best_epoch, epochs_run,
     history, config, config_hash, train_samples_per_s, embedding_source, run_dir, ...
@@ -93,7 +98,12 @@ def evaluate(
         if split.label is None:
             raise ValueError(f"{data_dir}: the {name} split has no label column; training needs labels")
         check_ids(split, table, num_levels=cfg.num_levels)
+    table = add_task2_features(table, data_dir, cfg, train, codes=codes, item_info=item_info)
+    if cfg.user_id and valid.user_id is None:
+        raise ValueError(f"user_id=True needs a user_id column in the valid split ({valid.path}); it has none")
     meta = {"task1": task1, "embedding_source": source, "data_dir": str(Path(data_dir).resolve())}
+    if cfg.task2_features:
+        meta["task2_features"] = cfg.task2_features
     if train_rows is not None and train_rows < len(train):  # as many or more: all rows, as without
         meta["train_rows"] = f"{train_rows} of {len(train)} (random, seed 0)"
         train = train.subset(train_rows)
@@ -139,8 +149,8 @@ def load_run(run_dir: str | os.PathLike) -> tuple[str, Any, ItemTable, torch.nn.
     if config_hash(cfg) != record["config_hash"]:
         raise ValueError(f"{run_dir / RUN_FILE}: config does not match its recorded hash {record['config_hash']}")
     saved = torch.load(run_dir / ITEM_TABLE_FILE, map_location="cpu", weights_only=False)
-    table = ItemTable(tags=saved["tags"], emb=saved["emb"], source=f"{run_dir / ITEM_TABLE_FILE}")
-    if table_fingerprint(table.tags, table.emb) != record["item_table_fingerprint"]:
+    table = ItemTable.from_dict(saved, source=f"{run_dir / ITEM_TABLE_FILE}")
+    if table.fingerprint() != record["item_table_fingerprint"]:
         raise ValueError(f"{run_dir / ITEM_TABLE_FILE} does not match the fingerprint in {RUN_FILE}")
     best = torch.load(run_dir / BEST_CHECKPOINT, map_location="cpu", weights_only=False)
     net = build_model(model_name, cfg, table)

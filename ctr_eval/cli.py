@@ -57,9 +57,11 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 
 def default_run_dir(model: str, cfg_hash: str, data_dir: str, item_info: str | None,
-                    train_rows: int | None = None) -> Path:
+                    train_rows: int | None = None, codes: str | None = None) -> Path:
     """Same command, same folder: so that re-running a killed command resumes it."""
     key = f"{Path(data_dir).resolve()}|{Path(item_info).resolve() if item_info else 'dataset'}"
+    if codes:
+        key += f"|{Path(codes).resolve()}"
     rows = f"-rows{train_rows}" if train_rows else ""
     return Path("ctr_eval_runs") / f"{model}-{cfg_hash}-{hashlib.sha256(key.encode()).hexdigest()[:8]}{rows}"
 
@@ -76,6 +78,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default="din", help="model name (see `ctr-eval models`); default din")
     train.add_argument("--item-info", default=None,
                        help="item_info.parquet whose item_emb_d128 to evaluate (default: the dataset's)")
+    train.add_argument("--codes", default=None,
+                       help="item_codes.parquet of semantic-ID codes, for --set item_codes=true (Task 2); "
+                            "default: the one beside --item-info, else in the dataset's MicroLens_1M_x1/")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="config override, repeatable (Task 1: only embedding_regularizer, "
                             "net_regularizer, net_dropout, learning_rate, batch_size)")
@@ -142,6 +147,7 @@ _FLAGS = {
     r"\btask1=True\b": "--task1",
     r"\brun_dir\b": "--run-dir",
     r"\bitem_info=": "--item-info ",
+    r"\bcodes=PATH": "--codes PATH",
     r"\bmax_epochs\b": "--max-epochs",
     r"\btrain_rows\b": "--train-rows",
     r"\bnum_threads\b": "--threads",
@@ -172,8 +178,9 @@ def _train(args: argparse.Namespace) -> int:
     overrides = parse_set(args.overrides)
     cfg = resolve_config(args.model, task1=args.task1, **overrides)  # refuse bad keys first
     run_dir = args.run_dir or default_run_dir(args.model, config_hash(cfg), args.data, args.item_info,
-                                              args.train_rows)
-    result = evaluate(args.data, item_info=args.item_info, model=args.model, task1=args.task1,
+                                              args.train_rows, args.codes)
+    result = evaluate(args.data, item_info=args.item_info, codes=args.codes, model=args.model,
+                      task1=args.task1,
                       run_dir=run_dir, max_epochs=args.max_epochs, train_rows=args.train_rows,
                       device=args.device, mixed_precision=args.mixed_precision, progress=not args.no_progress,
                       num_threads=args.threads, **overrides)

@@ -47,12 +47,17 @@ TASK1_TUNABLE = frozenset(
 
 
 def setting(default: Any, *, at_least: float | None = None, above: float | None = None,
-            below: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+            below: float | None = None, choices: tuple[str, ...] | None = None,
+            added: bool = False) -> Any:
     """A config field with its constraints declared beside it, checked by ``resolve_config``
     for every model alike. Without them an integer must be >= 1 and a float >= 0 (and
-    finite); ``choices`` are matched case-insensitively and stored as spelt here."""
+    finite); ``choices`` are matched case-insensitively and stored as spelt here.
+    ``added``: a field added after configs were first recorded; at its default it is left
+    out of the config's JSON and hash, so runs recorded before it existed keep their hash."""
     limits = {k: v for k, v in (("at_least", at_least), ("above", above), ("below", below),
                                 ("choices", choices)) if v is not None}
+    if added:
+        limits["added"] = True
     return dataclasses.field(default=default, metadata=limits)
 
 
@@ -78,6 +83,16 @@ class TrainingConfig:
     max_gradient_norm: float = 10.0
     shuffle: bool = True
     seed: int = 20242025
+    # Task 2 features (the Task 1 lock refuses them): see ctr_eval.data.add_task2_features
+    item_codes: bool = setting(False, added=True)  # semantic-ID codes (item_codes.parquet) per item
+    item_levels: bool = setting(False, added=True)  # each item's likes/views levels (item_feature.parquet)
+    user_id: bool = setting(False, added=True)  # a trainable user_id embedding
+    user_id_buckets: int = setting(0, at_least=0, added=True)  # 0: a row per user id; else hashed
+
+    @property
+    def task2_features(self) -> list[str]:
+        """The Task 2 features this config turns on, by field name."""
+        return [name for name in ("item_codes", "item_levels", "user_id") if getattr(self, name)]
 
 
 _REG_PATTERN = re.compile(r"^l([12])\(([^()]+)\)$|^l1_l2\(([^(),]+),([^(),]+)\)$")
@@ -243,6 +258,8 @@ def config_to_dict(cfg) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model_name_of(cfg)}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        if f.metadata.get("added") and value == f.default:
+            continue
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 

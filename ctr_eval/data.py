@@ -18,10 +18,10 @@ import pyarrow as pa
 import torch
 
 from ctr_eval.checks import check_positive_int
-from ctr_eval.format import (ITEM_INFO_COLUMNS, DatasetError, MissingFileError, check_columns,
-                             check_embedding_table, find_layout, item_table_fingerprint,
-                             iter_batches, list_to_matrix, open_parquet, read_item_info,
-                             scalar_to_numpy)
+from ctr_eval.format import (ITEM_CODES_FILE, ITEM_INFO_COLUMNS, DatasetError, MissingFileError,
+                             check_columns, check_embedding_table, find_layout,
+                             item_table_fingerprint, iter_batches, list_to_matrix, open_parquet,
+                             read_item_codes, read_item_info, read_item_levels, scalar_to_numpy)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ __all__ = [
     "ItemTable",
     "CTRSplit",
     "load_item_table",
+    "add_task2_features",
     "load_split",
     "check_ids",
 ]
@@ -42,14 +43,22 @@ _READ_ROWS = 32768  # rows per record batch while loading a split
 
 @dataclass
 class ItemTable:
-    """Item attributes, row i = item i, row 0 = padding (all zero).
+    """Item attributes, row i = item i, row 0 = padding (all zero), and the sizes of the
+    other tables a model is built with.
 
     tags: LongTensor (N+1, 5), tag id 0 = padding; emb: FloatTensor (N+1, 128).
+    Task 2 features (None / 0 unless the config asks; :func:`add_task2_features`):
+    codes: LongTensor (N+1, L) semantic-ID codes, -1 in row 0; levels: LongTensor (N+1, 2)
+    each item's [likes_level, views_level], row 0 zero; user_rows: rows of the user_id
+    embedding (row 0 = unknown user).
     """
 
     tags: torch.Tensor
     emb: torch.Tensor
     source: str = ""
+    codes: Optional[torch.Tensor] = None
+    levels: Optional[torch.Tensor] = None
+    user_rows: int = 0
 
     @property
     def num_items(self) -> int:
@@ -61,9 +70,31 @@ class ItemTable:
         return int(self.tags.max().item()) + 1 if self.tags.numel() else 1
 
     def fingerprint(self) -> str:
-        """16 hex digits of a sha256 over the tags and embedding bytes: a run records it
-        and a later prediction checks it is given the same table."""
-        return item_table_fingerprint(self.tags.detach().cpu().numpy(), self.emb.detach().cpu().numpy())
+        """16 hex digits of a sha256 over the tables' bytes (tags and embeddings, then the
+        Task 2 tables present): a run records it and a later prediction checks it is given
+        the same tables. A table without Task 2 features keeps the fingerprint it had
+        before they existed."""
+        def array(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+            return None if t is None else t.detach().cpu().numpy()
+
+        users = np.array([self.user_rows]) if self.user_rows else None
+        return item_table_fingerprint(array(self.tags), array(self.emb), array(self.codes),
+                                      array(self.levels), users)
+
+    def to_dict(self) -> dict:
+        """Tensors and sizes, for ``torch.save`` into a run dir (:meth:`from_dict` reads it)."""
+        out = {"tags": self.tags.cpu(), "emb": self.emb.cpu(), "fingerprint": self.fingerprint()}
+        for name in ("codes", "levels"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name).cpu()
+        if self.user_rows:
+            out["user_rows"] = self.user_rows
+        return out
+
+    @classmethod
+    def from_dict(cls, saved: dict, source: str = "") -> "ItemTable":
+        return cls(tags=saved["tags"], emb=saved["emb"], source=source, codes=saved.get("codes"),
+                   levels=saved.get("levels"), user_rows=int(saved.get("user_rows", 0)))
 
 
 def load_item_table(data_dir: Union[str, Path],
@@ -110,6 +141,66 @@ def load_item_table(data_dir: Union[str, Path],
                      source=source)
 
 
+def add_task2_features(table: ItemTable, data_dir: Union[str, Path], config,
+                       train: Optional["CTRSplit"] = None,
+                       codes: Union[None, str, Path, np.ndarray] = None,
+                       item_info: Union[None, str, Path, np.ndarray, torch.Tensor] = None) -> ItemTable:
+    """``table`` with the Task 2 features ``config`` turns on, read and checked.
+
+    codes: (N+1, L) item codes (row 0 -1), or a path to an item_codes.parquet; None looks
+    beside ``item_info`` when that is a path, then in the dataset's MicroLens_1M_x1/.
+    Item levels come from the dataset's item_feature.parquet. The user_id table has a row
+    per user id up to the largest in ``train`` (ids above it, in valid or test, share the
+    unknown row 0), or ``config.user_id_buckets`` + 1 rows when hashing.
+    """
+    rows = table.num_items + 1
+    code_table = levels = None
+    user_rows = 0
+    if config.item_codes:
+        code_table = _item_codes(data_dir, rows, codes, item_info)
+    elif codes is not None:
+        raise ValueError("codes were given but the config does not use them: set item_codes=True "
+                         "(Task 2 mode) or leave codes out")
+    if config.item_levels:
+        levels = read_item_levels(find_layout(data_dir).require("item_feature"), rows)
+    if config.user_id:
+        if train is None or train.user_id is None:
+            raise ValueError(f"user_id=True needs a user_id column in the train split "
+                             f"({getattr(train, 'path', data_dir)}); it has none")
+        if config.user_id_buckets:
+            user_rows = config.user_id_buckets + 1
+        else:
+            user_rows = int(train.user_id.max()) + 1 if len(train) else 1
+    return dataclasses.replace(table, codes=None if code_table is None else torch.from_numpy(code_table),
+                               levels=None if levels is None else torch.from_numpy(levels),
+                               user_rows=user_rows)
+
+
+def _item_codes(data_dir, rows: int, given, item_info) -> np.ndarray:
+    if isinstance(given, (np.ndarray, torch.Tensor)):
+        array = given.detach().cpu().numpy() if isinstance(given, torch.Tensor) else np.asarray(given)
+        if not np.issubdtype(array.dtype, np.integer) or array.shape[:1] != (rows,):
+            raise ValueError(f"codes array must be integer (N+1, L) = ({rows}, L), "
+                             f"got {array.dtype} {array.shape}")
+        from ctr_eval.format import item_codes_table
+
+        item_codes_table(array)  # the file's rules, applied to the array
+        return array.astype(np.int64)
+    if given is not None:
+        return read_item_codes(Path(given).expanduser(), rows).copy()  # writable, for torch
+    candidates = []
+    if isinstance(item_info, (str, os.PathLike)):
+        candidates.append(Path(item_info).expanduser().parent / ITEM_CODES_FILE)
+    candidates.append(find_layout(data_dir).item_info.parent / ITEM_CODES_FILE)
+    for path in candidates:
+        if path.is_file():
+            return read_item_codes(path, rows).copy()
+    raise MissingFileError(
+        f"item_codes=True needs semantic-ID codes, but none of {[str(p) for p in candidates]} exists: "
+        "pass codes=PATH (an item_codes.parquet; mmembed writes one beside item_info.parquet "
+        "when the fusion head makes codes, e.g. rq)")
+
+
 # ---------------------------------------------------------------- splits
 
 
@@ -124,6 +215,7 @@ class CTRSplit:
     label: Optional[torch.Tensor]  # (n,) float32, None for an unlabelled test split
     path: str = ""
     seq_len_in_file: int = 0
+    user_id: Optional[torch.Tensor] = None  # (n,) int64 when the file has the column
 
     def __len__(self) -> int:
         return int(self.item_id.shape[0])
@@ -138,7 +230,8 @@ class CTRSplit:
         return dataclasses.replace(
             self, item_id=self.item_id[keep], likes_level=self.likes_level[keep],
             views_level=self.views_level[keep], item_seq=self.item_seq[keep],
-            label=None if self.label is None else self.label[keep])
+            label=None if self.label is None else self.label[keep],
+            user_id=None if self.user_id is None else self.user_id[keep])
 
     @property
     def max_len(self) -> int:
@@ -156,6 +249,8 @@ class CTRSplit:
         }
         if self.label is not None:
             out["label"] = self.label[indices]
+        if self.user_id is not None:
+            out["user_id"] = self.user_id[indices]
         return out
 
 
@@ -176,9 +271,12 @@ def load_split(data_dir: Union[str, Path], split: str, max_len: int = 64) -> CTR
     has_label = "label" in pfile.schema_arrow.names
     if split != "test" or has_label:
         expected["label"] = "int"
+    if "user_id" in pfile.schema_arrow.names:  # read when there (Task 2's user_id feature)
+        expected["user_id"] = "int"
     check_columns(path, pfile.schema_arrow, expected)
     n = pfile.metadata.num_rows
-    scalars = {c: np.empty(n, dtype=np.int64) for c in ("item_id", "likes_level", "views_level")}
+    scalars = {c: np.empty(n, dtype=np.int64) for c in expected if c in ("item_id", "likes_level",
+                                                                          "views_level", "user_id")}
     label = np.empty(n, dtype=np.float32) if has_label else None
     seq: Optional[np.ndarray] = None
     width = None
@@ -206,6 +304,7 @@ def load_split(data_dir: Union[str, Path], split: str, max_len: int = 64) -> CTR
         label=torch.from_numpy(label) if label is not None else None,
         path=str(path),
         seq_len_in_file=int(width),
+        user_id=torch.from_numpy(scalars["user_id"]) if "user_id" in scalars else None,
     )
 
 
@@ -250,6 +349,10 @@ def check_ids(split: CTRSplit, table: ItemTable, num_levels: int = 11) -> None:
                 f"{where}: column item_seq, row {r}: item {value} has no row in the item table "
                 f"({table.source}: {n_items + 1} rows, valid ids 0..{n_items}, 0 = padding)"
             )
+    if split.user_id is not None and bool((split.user_id < 0).any()):
+        r = first_bad(split.user_id < 0)
+        raise ValueError(f"{where}: column user_id, row {r} holds {int(split.user_id[r])}; "
+                         "user ids must be >= 0")
     for name in ("likes_level", "views_level"):
         values = getattr(split, name)
         bad = (values < 0) | (values >= num_levels)

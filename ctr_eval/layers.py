@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "MLPBlock",
     "ItemEmbedding",
+    "code_rows",
     "DINAttention",
     "CrossNetV2",
     "fuxictr_reset_linear",
@@ -64,7 +65,8 @@ class MLPBlock(nn.Module):
 
 
 class ItemEmbedding(nn.Module):
-    """Item id -> [id emb (d) | masked-mean tag emb (d) | Linear(emb_d128) (128)].
+    """Item id -> [id emb (d) | masked-mean tag emb (d) | Linear(emb_d128) (128)
+    | Task 2 features: code emb (d) | likes emb (d) | views emb (d)].
 
     As FuxiCTR's ``FeatureEmbeddingDict`` builds the challenge's three item features:
     ``nn.Embedding(vocab, d, padding_idx=0)`` for item_id and item_tags (row 0 stays
@@ -73,12 +75,19 @@ class ItemEmbedding(nn.Module):
     with no tags gets zeros), and for the ``embedding``-type item_emb_d128 a
     ``nn.Linear(pretrain_dim, 128, bias=False)`` feature encoder (trainable).
 
-    The tags and the 128-d table are non-persistent buffers gathered by index on the
-    module's device; checkpoints hold parameters only.
+    Task 2 item features, each only when its table is given: ``codes`` (N+1, L)
+    semantic IDs (-1 = none) are embedded level by level (each level its own rows of one
+    table) and summed, the usual way of embedding a semantic ID; ``levels`` (N+1, 2) the
+    item's likes and views levels, each with its own table (level 0 = padding, as for the
+    target's levels).
+
+    The tables are non-persistent buffers gathered by index on the module's device;
+    checkpoints hold parameters only.
     """
 
     def __init__(self, tags: torch.Tensor, emb: torch.Tensor, embedding_dim: int,
-                 tag_vocab_size: int | None = None) -> None:
+                 tag_vocab_size: int | None = None, codes: torch.Tensor | None = None,
+                 levels: torch.Tensor | None = None, num_levels: int = 11) -> None:
         super().__init__()
         if tags.dim() != 2 or emb.dim() != 2 or tags.shape[0] != emb.shape[0]:
             raise ValueError(f"item tags {tuple(tags.shape)} and embeddings {tuple(emb.shape)} must "
@@ -95,25 +104,61 @@ class ItemEmbedding(nn.Module):
         self.tag_embedding = nn.Embedding(max(vocab, 1), embedding_dim, padding_idx=0)
         self.emb_projection = nn.Linear(int(emb.shape[1]), int(emb.shape[1]), bias=False)
         self.output_dim = 2 * embedding_dim + int(emb.shape[1])
+        self.code_embedding = self.likes_embedding = self.views_embedding = None
+        if codes is not None:
+            rows = code_rows(codes, num_rows)
+            self.register_buffer("item_code_rows", rows, persistent=False)
+            self.code_embedding = nn.Embedding(int(rows.max()) + 1, embedding_dim, padding_idx=0)
+            self.output_dim += embedding_dim
+        if levels is not None:
+            if tuple(levels.shape) != (num_rows, 2) or int(levels.min()) < 0 or int(levels.max()) >= num_levels:
+                raise ValueError(f"item levels must be ({num_rows}, 2) in 0..{num_levels - 1}, got "
+                                 f"{tuple(levels.shape)}")
+            self.register_buffer("item_levels", levels.to(torch.long), persistent=False)
+            self.likes_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
+            self.views_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
+            self.output_dim += 2 * embedding_dim
 
     @property
     def num_rows(self) -> int:
         return int(self.item_emb.shape[0])
+
+    def tables(self) -> list[nn.Embedding]:
+        """Every embedding table, the challenge's two first."""
+        return [t for t in (self.id_embedding, self.tag_embedding, self.code_embedding,
+                            self.likes_embedding, self.views_embedding) if t is not None]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         id_emb = self.id_embedding(ids)
         tag_emb = self.tag_embedding(self.item_tags[ids])  # (..., 5, d)
         counted = (tag_emb.sum(dim=-1) != 0).to(tag_emb.dtype).sum(dim=-1, keepdim=True)
         tag_mean = tag_emb.sum(dim=-2) / (counted + 1e-12)
-        projected = self.emb_projection(self.item_emb[ids])
-        return torch.cat([id_emb, tag_mean, projected], dim=-1)
+        parts = [id_emb, tag_mean, self.emb_projection(self.item_emb[ids])]
+        if self.code_embedding is not None:
+            parts.append(self.code_embedding(self.item_code_rows[ids]).sum(dim=-2))
+        if self.likes_embedding is not None:
+            levels = self.item_levels[ids]
+            parts += [self.likes_embedding(levels[..., 0]), self.views_embedding(levels[..., 1])]
+        return torch.cat(parts, dim=-1)
 
     def reset_embeddings(self, std: float) -> None:
         """FuxiCTR's embedding init: normal(0, std) on every row but the padding row 0."""
         with torch.no_grad():
-            for table in (self.id_embedding, self.tag_embedding):
+            for table in self.tables():
                 nn.init.normal_(table.weight[1:], std=std)
                 table.weight[0].zero_()
+
+
+def code_rows(codes: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """(N+1, L) semantic-ID codes (-1 = none) as rows of one embedding table: level l's
+    code c is row 1 + offset_l + c, where level l's rows follow level l-1's (each level
+    as wide as its largest code + 1); no code is row 0, the padding row."""
+    if codes.dim() != 2 or codes.shape[0] != num_rows:
+        raise ValueError(f"item codes must be ({num_rows}, L), got {tuple(codes.shape)}")
+    codes = codes.to(torch.long)
+    widths = codes.max(dim=0).values.clamp(min=0) + 1
+    offsets = torch.cumsum(widths, 0) - widths
+    return torch.where(codes >= 0, codes + offsets + 1, torch.zeros_like(codes))
 
 
 class DINAttention(nn.Module):

@@ -56,7 +56,7 @@ from accelerate import Accelerator
 from accelerate.utils import send_to_device, set_seed
 from ctr_eval.progress import progress as progress_of
 
-from ctr_eval.format import atomic_path, item_table_fingerprint, write_json
+from ctr_eval.format import atomic_path, write_json
 from ctr_eval._runtime import (RunOptions, global_batches, make_accelerator, predict_probs, prepare,
                                process_bounds, reuse_freed_memory)
 from ctr_eval.config import config_hash, config_to_dict
@@ -108,11 +108,6 @@ def early_stop_step(state: TrainState, record: dict[str, Any], config: Any) -> b
     return improved
 
 
-def table_fingerprint(tags: torch.Tensor, emb: torch.Tensor) -> str:
-    """The item table's fingerprint (:func:`ctr_eval.format.item_table_fingerprint`)."""
-    return item_table_fingerprint(tags.detach().cpu().numpy(), emb.detach().cpu().numpy())
-
-
 def torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` to ``path``, atomically."""
     with atomic_path(path) as tmp:
@@ -158,7 +153,7 @@ class Trainer:
         self.options = options or RunOptions()
         self.options.check()
         self.meta = dict(meta or {})
-        self.fingerprint = table_fingerprint(item_table.tags, item_table.emb)
+        self.fingerprint = item_table.fingerprint()
 
     # -- setup ----------------------------------------------------------------------------
     def _run_record(self, acc: Accelerator) -> dict[str, Any]:
@@ -205,9 +200,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / RUN_FILE, self._run_record(acc))
             if not (self.run_dir / ITEM_TABLE_FILE).exists():
-                torch_save(self.run_dir / ITEM_TABLE_FILE,
-                               {"tags": self.item_table.tags.cpu(), "emb": self.item_table.emb.cpu(),
-                                "fingerprint": self.fingerprint})
+                torch_save(self.run_dir / ITEM_TABLE_FILE, self.item_table.to_dict())
         logger.info("model %s, config (hash %s): %s", self.model_name, self.config_hash,
                     config_to_dict(cfg))
         logger.info("%d process(es) on %s, mixed precision %s",

@@ -112,7 +112,7 @@ def test_test_split_has_no_label_and_batches(dataset):
     split = load_split(root, "test")
     assert split.label is None
     batch = split.batch(torch.tensor([3, 0]))
-    assert set(batch) == {"item_id", "likes_level", "views_level", "item_seq"}
+    assert set(batch) == {"item_id", "likes_level", "views_level", "item_seq", "user_id"}
     assert batch["item_seq"].dtype == torch.long
     assert np.array_equal(batch["item_seq"].numpy(), arrays["test"]["seq"][[3, 0]])
     labelled = load_split(root, "train").batch(slice(0, 4))

@@ -10,7 +10,7 @@ import json
 import platform
 import subprocess
 import sys
-from types import SimpleNamespace
+from ctr_eval.data import ItemTable
 
 import numpy as np
 import pytest
@@ -80,7 +80,7 @@ def _table():
     g = torch.Generator().manual_seed(1)
     emb = torch.randn(N_ITEMS + 1, 16, generator=g)
     emb[0] = 0
-    return SimpleNamespace(tags=torch.zeros(N_ITEMS + 1, 5, dtype=torch.long), emb=emb)
+    return ItemTable(tags=torch.zeros(N_ITEMS + 1, 5, dtype=torch.long), emb=emb)
 
 
 def _trainer(run_dir, max_epochs=None, max_steps=None, **overrides):

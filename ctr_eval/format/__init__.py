@@ -1,5 +1,6 @@
 """The challenge's file contract, written once: layout (:mod:`.layout`), parquet columns
-(:mod:`.columns`), item_info rules and fingerprints (:mod:`.item_info`), atomic writes
+(:mod:`.columns`), item_info rules and fingerprints (:mod:`.item_info`), the Task 2 item
+features (semantic-ID codes, item-level likes/views: :mod:`.item_features`), atomic writes
 (:mod:`.files`).
 
 The judge (ctr_eval) owns the contract; mmembed imports this module and never writes a
@@ -37,6 +38,9 @@ from ctr_eval.format.item_info import (  # noqa: F401
 from ctr_eval.format.files import (  # noqa: F401
     atomic_path, write_json,
 )
+from ctr_eval.format.item_features import (  # noqa: F401
+    ITEM_CODES_FILE, item_codes_table, read_item_codes, read_item_levels,
+)
 
 __all__ = [
     "SPLIT_DIR_NAME", "SPLITS", "IMAGE_DIRNAME", "CACHE_DIRNAME", "EMBEDDING_DIM",
@@ -47,4 +51,5 @@ __all__ = [
     "Violation", "item_id_violation", "tag_violation", "embedding_violation",
     "padding_violation", "item_info_violations", "raise_first", "check_embedding_table",
     "read_item_info", "item_info_table", "item_table_fingerprint", "atomic_path", "write_json",
+    "ITEM_CODES_FILE", "item_codes_table", "read_item_codes", "read_item_levels",
 ]

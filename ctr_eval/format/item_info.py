@@ -137,10 +137,17 @@ def item_info_table(tags: np.ndarray, emb: np.ndarray) -> pa.Table:
     })
 
 
-def item_table_fingerprint(tags: np.ndarray, emb: np.ndarray) -> str:
+def item_table_fingerprint(tags: np.ndarray, emb: np.ndarray, *extras: np.ndarray | None) -> str:
     """First 16 hex digits of a sha256 over the item table's bytes (tags as int64,
-    embeddings as float32): ties a run to the exact table it was trained with."""
+    embeddings as float32, then each extra Task 2 table given, as int64; ``None`` extras
+    add nothing, so a table without them keeps its fingerprint): ties a run to the exact
+    tables it was trained with."""
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(np.asarray(tags), dtype=np.int64).tobytes())
     digest.update(np.ascontiguousarray(np.asarray(emb), dtype=np.float32).tobytes())
+    for extra in extras:
+        if extra is not None:
+            extra = np.ascontiguousarray(np.asarray(extra), dtype=np.int64)
+            digest.update(str(extra.shape).encode())
+            digest.update(extra.tobytes())
     return digest.hexdigest()[:16]

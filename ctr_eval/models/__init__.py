@@ -6,8 +6,8 @@ registered with ``@register_model("din", config_class=DINConfig)``, plus one imp
 at the bottom of this file. The registration is the one place its name lives: :func:`ctr_eval.config.resolve_config` and the
 trainer find the config class and the model name through :data:`MODELS`.
 
-Every model maps a batch dict (item_id, likes_level, views_level, item_seq long; label
-ignored) to logits (B,) float. ``model.predict(batch)`` applies the sigmoid;
+Every model maps a batch dict (item_id, likes_level, views_level, item_seq long; user_id
+when the split has it; label ignored) to logits (B,) float. ``model.predict(batch)`` applies the sigmoid;
 ``model.loss(logits, labels)`` is the training loss; ``model.regularization_loss()``
 adds FuxiCTR's embedding/net penalties.
 
@@ -55,20 +55,48 @@ class CTRModel(nn.Module):
     config: TrainingConfig
 
     def _build_embeddings(self, config, item_table: ItemTable) -> None:
+        """The item encoder and the row's context embeddings (likes, views, and in Task 2
+        mode the user); ``self.context_dim`` is their total width."""
         if item_table.emb.shape[1] != config.pretrained_dim:
             raise ValueError(f"item embeddings are {item_table.emb.shape[1]}-d; the model expects "
                              f"{config.pretrained_dim}")
+        for name, present in (("item_codes", item_table.codes is not None),
+                              ("item_levels", item_table.levels is not None),
+                              ("user_id", item_table.user_rows > 0)):
+            if getattr(config, name) != present:
+                raise ValueError(f"config {name}={getattr(config, name)} but the item table "
+                                 f"{'has' if present else 'lacks'} that feature: build the table with "
+                                 "ctr_eval.data.add_task2_features(table, data_dir, config, ...)")
         d = config.embedding_dim
-        self.items = ItemEmbedding(item_table.tags, item_table.emb, d)
+        self.items = ItemEmbedding(item_table.tags, item_table.emb, d, codes=item_table.codes,
+                                   levels=item_table.levels, num_levels=config.num_levels)
         # likes/views level 0 hits padding_idx 0: a fixed zero vector, as in FuxiCTR
         self.likes_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
         self.views_embedding = nn.Embedding(config.num_levels, d, padding_idx=0)
+        self.user_embedding = nn.Embedding(item_table.user_rows, d, padding_idx=0) if config.user_id else None
+        self.context_dim = (3 if config.user_id else 2) * d
         # The item tables are inputs, not state: keep DDP from broadcasting them each step.
-        self._ddp_params_and_buffers_to_ignore = ["items.item_tags", "items.item_emb"]
+        self._ddp_params_and_buffers_to_ignore = [f"items.{name}" for name, _ in self.items.named_buffers()]
 
     def level_embeddings(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        return [self.likes_embedding(batch["likes_level"].long()),
-                self.views_embedding(batch["views_level"].long())]
+        """The row's context: the target's likes and views levels, and the user when the
+        config asks (``self.context_dim`` wide in all)."""
+        out = [self.likes_embedding(batch["likes_level"].long()),
+               self.views_embedding(batch["views_level"].long())]
+        if self.user_embedding is not None:
+            out.append(self.user_embedding(self.user_rows(batch)))
+        return out
+
+    def user_rows(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rows of the user_id table: id % buckets + 1 when hashing, else the id itself,
+        with ids the table has no row for (users first seen after train) on row 0."""
+        if "user_id" not in batch:
+            raise ValueError("the model uses user_id but the batch has no user_id column")
+        ids = batch["user_id"].long()
+        if self.config.user_id_buckets:
+            return ids % self.config.user_id_buckets + 1
+        rows = self.user_embedding.num_embeddings
+        return torch.where((ids >= 0) & (ids < rows), ids, torch.zeros_like(ids))
 
     def reset_parameters(self) -> None:
         """FuxiCTR ``BaseModel.reset_parameters``: xavier_normal_ on exact nn.Linear
@@ -77,16 +105,19 @@ class CTRModel(nn.Module):
         fuxictr_reset_linear(self)
         self.items.reset_embeddings(self.config.embedding_init_std)
         with torch.no_grad():
-            for table in (self.likes_embedding, self.views_embedding):
+            for table in self._context_tables():
                 nn.init.normal_(table.weight[1:], std=self.config.embedding_init_std)
                 table.weight[0].zero_()
+
+    def _context_tables(self) -> list[nn.Embedding]:
+        return [t for t in (self.likes_embedding, self.views_embedding, self.user_embedding) if t is not None]
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The parameters FuxiCTR counts as embeddings (those inside its
         FeatureEmbeddingDict): every nn.Embedding plus the item_emb_d128 projection."""
-        return [self.items.id_embedding.weight, self.items.tag_embedding.weight,
-                self.items.emb_projection.weight, self.likes_embedding.weight,
-                self.views_embedding.weight]
+        items = self.items.tables()
+        return ([items[0].weight, items[1].weight, self.items.emb_projection.weight]
+                + [t.weight for t in items[2:]] + [t.weight for t in self._context_tables()])
 
     def batch_items(self, target: torch.Tensor, seq: torch.Tensor):
         """Item vectors once per distinct id in the batch: (table (U, item_dim), target
@@ -155,3 +186,4 @@ def build_model(name: str, config=None, item_table: ItemTable | None = None, **k
 # Register the built-in models (imported for their decorators).
 from . import din as _din  # noqa: E402,F401
 from . import transact_dcn as _transact_dcn  # noqa: E402,F401
+from . import qin as _qin  # noqa: E402,F401

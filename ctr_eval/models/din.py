@@ -79,12 +79,11 @@ class DIN(CTRModel):
         self.config = config
         self.attention_impl = attention_impl
         self._build_embeddings(config, item_table)
-        d = config.embedding_dim
         item_dim = self.items.output_dim
         self.attention = DINAttention(item_dim, config.attention_hidden_units,
                                       dropout=config.attention_dropout,
                                       use_softmax=config.din_use_softmax)
-        self.dnn = MLPBlock(2 * d + 2 * item_dim, config.dnn_hidden_units, output_dim=1,
+        self.dnn = MLPBlock(self.context_dim + 2 * item_dim, config.dnn_hidden_units, output_dim=1,
                             dropout=config.net_dropout, batch_norm=config.batch_norm)
         self.reset_parameters()
 

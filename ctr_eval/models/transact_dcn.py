@@ -101,7 +101,6 @@ class TransActDCN(CTRModel):
         super().__init__()
         self.config = config
         self._build_embeddings(config, item_table)
-        d = config.embedding_dim
         item_dim = self.items.output_dim
         model_dim = 2 * item_dim
         if model_dim % config.num_heads:
@@ -113,7 +112,7 @@ class TransActDCN(CTRModel):
                                              enable_nested_tensor=False)
         self.pool_linear = nn.Linear(model_dim, model_dim) if config.concat_max_pool else None
         seq_out = (config.first_k_cols + int(config.concat_max_pool)) * model_dim
-        dcn_in = 2 * d + item_dim + seq_out
+        dcn_in = self.context_dim + item_dim + seq_out
         self.crossnet = CrossNetV2(dcn_in, config.dcn_cross_layers)
         self.parallel_dnn = MLPBlock(dcn_in, config.dcn_hidden_units, dropout=config.net_dropout,
                                      batch_norm=config.batch_norm)
