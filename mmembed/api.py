@@ -3,6 +3,7 @@
     emb = mmembed.extract("data/", encoders=["sbert", "clip"], fusion="concat_pca", dim=128)
     emb.save("runs/emb")                      # embeddings.npz + provenance.json
     emb.save_item_info("runs/item_info.parquet")   # the challenge's file, validated
+                                                   # (+ item_codes.parquet for a head with codes)
 
 Each encoder runs through the feature cache (:mod:`mmembed.cache`), so repeating a call,
 or changing only the fusion, never runs a model twice. Under ``accelerate launch`` the
@@ -22,7 +23,8 @@ import numpy as np
 
 from ctr_eval.checks import check_positive_int
 from ctr_eval.format import atomic_path
-from mmembed.item_info import tags_from, check_item_info, write_item_info  # noqa: F401 (re-exported)
+from ctr_eval.format import ITEM_CODES_FILE
+from mmembed.item_info import tags_from, check_item_info, write_item_codes, write_item_info  # noqa: F401
 from mmembed.specs import format_spec, parse_spec  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -45,8 +47,10 @@ class ItemEmbeddings:
     valid: {encoder label: (N,) bool} (False = that encoder lacked the item's input);
     tags: (N, 5) int64 tags from the catalog (used by save_item_info without a source);
     provenance: JSON-able record of encoders (configs, weights ids, random-init flags),
-    fusion, data fingerprint, mmembed version and creation time;
-    source_dir: the dataset root the items came from, if any.
+    fusion (with its diagnostics), data fingerprint, mmembed version and creation time;
+    source_dir: the dataset root the items came from, if any;
+    codes: (N, levels) int64 semantic IDs, row i = item ids[i], from a fusion head that
+    makes them (``rq``), else None.
     """
 
     ids: np.ndarray
@@ -55,6 +59,7 @@ class ItemEmbeddings:
     valid: dict[str, np.ndarray] = field(default_factory=dict)
     tags: np.ndarray | None = None
     source_dir: Path | None = None
+    codes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(len(self.ids))
@@ -83,6 +88,8 @@ class ItemEmbeddings:
         }
         if self.tags is not None:
             arrays["tags"] = np.asarray(self.tags, dtype=np.int64)
+        if self.codes is not None:
+            arrays["codes"] = np.asarray(self.codes, dtype=np.int64)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / EMBEDDINGS_FILE) as tmp:
             with open(tmp, "wb") as handle:
@@ -107,6 +114,7 @@ class ItemEmbeddings:
                 valid={n: data["valid"][i] for i, n in enumerate(names)},
                 tags=data["tags"] if "tags" in data.files else None,
                 source_dir=Path(source) if source else None,
+                codes=data["codes"] if "codes" in data.files else None,
             )
 
     # -- the challenge's item_info.parquet -------------------------------------------------
@@ -118,7 +126,9 @@ class ItemEmbeddings:
         default: the item_info.parquet of the dataset these items came from when it has
         one, else the catalog's own tags (from item_feature.parquet or the records).
         The ids must be exactly 1..N (in any order) and the vectors 128-d. The written
-        file is read back and checked before this returns.
+        file is read back and checked before this returns. When the items have semantic-ID
+        ``codes``, ``item_codes.parquet`` is written beside it (same folder, row i = item
+        i, row 0 -1), where ``ctr_eval`` looks for them.
         """
         if self.untrained:
             logger.warning(
@@ -132,7 +142,10 @@ class ItemEmbeddings:
             source_info = find_layout(self.source_dir).item_info
             like = source_info if source_info.is_file() else None
         tags = tags_from(like, len(self)) if like is not None else None
-        return write_item_info(path, self.ids, self.vectors, tags if tags is not None else self.tags)
+        written = write_item_info(path, self.ids, self.vectors, tags if tags is not None else self.tags)
+        if self.codes is not None:
+            write_item_codes(Path(path).parent / ITEM_CODES_FILE, self.ids, self.codes)
+        return written
 
 
 def extract(
@@ -192,10 +205,13 @@ def _extract(data: Any, encoders: Any, fusion: Any, dim: int | None, images: Any
         cache_dir=cache_dir, shard_size=shard_size, batch_size=batch_size,
         num_workers=num_workers, progress=progress,
     )
+    codes = None
     if head is None:
         vectors = np.concatenate([f.vectors for f in features.values()], axis=1)
     else:
         vectors = head.fit_transform(features, sequences)
+        if head.makes_codes:
+            codes = np.asarray(head.codes_, dtype=np.int64)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     data_record = {"source": source, "fingerprint": fingerprint, "n_items": len(catalog)}
     return ItemEmbeddings(
@@ -205,6 +221,7 @@ def _extract(data: Any, encoders: Any, fusion: Any, dim: int | None, images: Any
         valid={label: f.valid for label, f in features.items()},
         tags=np.asarray(catalog.tags, dtype=np.int64).copy(),
         source_dir=source_dir,
+        codes=codes,
     )
 
 
@@ -315,6 +332,7 @@ def _provenance(built: list[Any], labels: list[str], features: dict[str, Any], h
             "name": head.name,
             "params": head.get_params(),
             "n_fit_items": getattr(head, "n_fit_items_", None),
+            "diagnostics": head.diagnostics(),
             **({"sequences": sequence_record} if sequence_record else {}),
         },
         "dim": int(vectors.shape[1]),

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ctr_eval.format import (EMBEDDING_DIM, TAGS_PER_ITEM, DatasetError, atomic_path, find_layout,
-                             item_info_table, read_item_info)
+                             item_codes_table, item_info_table, read_item_codes, read_item_info)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,28 @@ def write_item_info(
         pq.write_table(item_info_table(tag_rows, by_id), tmp)
     check_item_info(path)
     logger.info("wrote %s (%d items + padding row)", path, len(ids))
+    return path
+
+
+def write_item_codes(path: str | os.PathLike, ids: np.ndarray, codes: np.ndarray) -> Path:
+    """Write (and read back and check) an item_codes.parquet: the (N, levels) ``codes`` of
+    items ``ids`` (exactly 1..N, any order) by item id, row 0 (padding) -1."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    ids = np.asarray(ids, dtype=np.int64)
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or len(codes) != len(ids) or not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"cannot write {path}: codes must be integer (items, levels) for the {len(ids)} "
+                         f"items, got {codes.dtype} {codes.shape}")
+    if not np.array_equal(np.sort(ids), np.arange(1, len(ids) + 1)):
+        raise ValueError(f"cannot write {path}: item_codes.parquet needs item ids exactly 1..{len(ids)}")
+    by_id = np.full((len(ids) + 1, codes.shape[1]), -1, dtype=np.int64)
+    by_id[ids] = codes
+    with atomic_path(path) as tmp:
+        pq.write_table(item_codes_table(by_id), tmp)
+    read_item_codes(path, len(ids) + 1)
+    logger.info("wrote %s (%d items x %d levels of codes)", path, len(ids), codes.shape[1])
     return path
 
 

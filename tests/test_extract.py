@@ -306,3 +306,22 @@ def test_item_info_tags_fall_back_to_the_catalog_when_the_source_has_no_item_inf
     np.testing.assert_array_equal(tags[catalog.item_ids], catalog.tags)
     with pytest.raises(FileNotFoundError, match=r"item_info\.parquet: file not found"):
         emb.save_item_info(tmp_path / "other.parquet", like=tiny_copy)
+
+
+def test_a_head_with_codes_writes_item_codes_beside_item_info(extracted, tiny_root, tmp_path):
+    from ctr_eval.format import read_item_codes
+
+    _, cache = extracted
+    emb = extract(tiny_root, encoders=["sbert"], fusion={"name": "rq", "levels": 2, "codes": 8}, dim=128,
+                  cache_dir=cache, progress=False, num_workers=0)
+    assert emb.codes.shape == (len(emb), 2) and emb.codes.max() < 8
+    diagnostics = emb.provenance["fusion"]["diagnostics"]
+    assert diagnostics["levels"] == 2 and 0 <= diagnostics["collision_rate"] <= 1
+    emb.save_item_info(tmp_path / "out" / "item_info.parquet")
+    by_id = read_item_codes(tmp_path / "out" / "item_codes.parquet", len(emb) + 1)
+    assert (by_id[0] == -1).all()
+    np.testing.assert_array_equal(by_id[emb.ids], emb.codes)  # keyed by item id, row i = item i
+    emb.save(tmp_path / "saved")
+    np.testing.assert_array_equal(ItemEmbeddings.load(tmp_path / "saved").codes, emb.codes)
+    plain, _ = extracted
+    assert plain.codes is None and plain.provenance["fusion"]["diagnostics"] == {}

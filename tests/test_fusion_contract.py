@@ -67,6 +67,18 @@ def test_output_shape_dtype_and_finiteness(fitted):
                                                else None), out)
 
 
+def test_diagnostics_are_json_and_codes_come_with_makes_codes(fitted):
+    import json
+
+    json.dumps(fitted.diagnostics())  # the report shows them
+    if fitted.makes_codes:
+        codes = fitted.codes_
+        assert codes.shape[0] == N_ITEMS and codes.ndim == 2 and np.issubdtype(codes.dtype, np.integer)
+        assert codes.min() >= 0
+    else:
+        assert not hasattr(fitted, "codes_")
+
+
 @pytest.mark.parametrize("name", list_fusions())
 def test_transform_before_fit_raises_not_fitted(name):
     with pytest.raises(NotFittedError, match="not fitted yet"):

@@ -97,6 +97,9 @@ class FusionHead(ABC):
     #: Parameters that make the head small and fast for the contract tests
     #: (tests/test_fusion_contract.py); every registered head must set it.
     tiny_params: ClassVar[dict[str, Any] | None] = None
+    #: True for heads whose ``fit`` also gives each item a discrete code (a semantic ID):
+    #: ``codes_``, an (items, levels) int array in the fitted items' order.
+    makes_codes: ClassVar[bool] = False
 
     # -- parameters (scikit-learn convention: read from the __init__ signature) --------
     @classmethod
@@ -137,6 +140,11 @@ class FusionHead(ABC):
 
     def fit_transform(self, features: Mapping[str, Any], sequences: Any = None) -> np.ndarray:
         return self.fit(features, sequences).transform(features)
+
+    def diagnostics(self) -> dict[str, Any]:
+        """JSON-able figures of the fit worth showing in a report (e.g. codebook use);
+        none by default."""
+        return {}
 
     @property
     def is_fitted(self) -> bool:

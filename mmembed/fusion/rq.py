@@ -7,17 +7,21 @@ the quantized reconstruction, the sum of an item's centroids over the levels: a 
 table (a valid Task 1 embedding); ``codes_`` holds the (items, levels) integer codes, the
 item's semantic ID, for CTR models that embed them as categorical features.
 
+The codes of the fitted items are ``codes_``; ``mmembed.extract`` keeps them
+(``ItemEmbeddings.codes``) and ``save_item_info`` writes them beside the table as
+``item_codes.parquet`` (row i = item i, keyed by item_id), which ``ctr_eval`` reads for a
+Task 2 model with ``item_codes: true``.
+
 ``balanced=True`` assigns items to centroids under a capacity of ceil(items / codes) per
 centroid (greedily, nearest pairs first; centroids are then the means of their members),
 which spreads items over the codebook and lowers collisions (items sharing every level's
 code) at some cost in reconstruction error. Collisions are counted, not resolved:
 ``collision_rate_`` is the share of items whose full code another item also has.
 
-Diagnostics after ``fit``: ``codebook_usage_`` (share of each level's codes in use),
-``collision_rate_``, ``reconstruction_error_`` (mean squared error of the reconstruction
-over the PCA vectors' mean squared norm). Not done yet: RQ-VAE (a trained encoder with
-commitment loss), the codes written beside ``item_info.parquet``, the diagnostics in the
-recipe report.
+Diagnostics after ``fit`` (``diagnostics()``, shown in a recipe's report):
+``codebook_usage_`` (share of each level's codes in use), ``collision_rate_``,
+``reconstruction_error_`` (mean squared error of the reconstruction over the PCA vectors'
+mean squared norm). Not done yet: RQ-VAE (a trained encoder with commitment loss).
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ class ResidualQuantizer(ConcatPCA):
     """RQ-KMeans semantic IDs over ``concat_pca`` vectors; outputs the reconstruction."""
 
     tiny_params = {"dim": 4, "levels": 2, "codes": 4}
+    makes_codes = True
 
     def __init__(
         self,
@@ -87,6 +92,13 @@ class ResidualQuantizer(ConcatPCA):
                     ", ".join(f"{u:.0%}" for u in self.codebook_usage_),
                     100 * self.collision_rate_, self.reconstruction_error_)
         return self
+
+    def diagnostics(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {"levels": self.levels, "codes": self.codes, "balanced": self.balanced,
+                "codebook_usage": self.codebook_usage_, "collision_rate": self.collision_rate_,
+                "collisions": "counted, not resolved: items sharing a full code share its embedding rows",
+                "reconstruction_error": self.reconstruction_error_}
 
     def transform(self, features: Mapping[str, Any]) -> np.ndarray:
         """The quantized reconstruction (items, dim): each item's nearest centroid per level
