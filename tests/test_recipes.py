@@ -357,3 +357,67 @@ def test_the_demo_recipe_runs_and_ranks_and_leaves_its_table_and_report(tmp_path
     assert (run / "report" / "index.html").is_file() and "report:" in out and "demo finished in" in out
     for name in wanted:
         assert name in out
+
+
+# --------------------------------------------------------------------------- semantic IDs (Task 2)
+
+
+def _codes_recipe(tmp_path, data_path, embeddings: str, settings: dict) -> str:
+    return _write(tmp_path / "codes.yaml", f"""
+        name: codes
+        data: {{path: {data_path}}}
+        seeds: [1]
+        encoders:
+          sbert: {{name: sbert}}
+        embeddings:
+{textwrap.indent(textwrap.dedent(embeddings), " " * 10)}
+        models:
+          - name: din
+            label: din_codes
+            task1: false
+            settings: {json.dumps(settings)}
+            max_epochs: 1
+        checks: []
+        """)
+
+
+def test_a_task2_model_reads_each_tables_semantic_ids(tiny_root, tmp_path):
+    from ctr_eval.data import load_item_table
+    from mmembed.recipes.report import write_report
+
+    embeddings = """\
+        - {name: random, codes: {levels: 2, codes: 4}}
+        - {name: sbert_rq, encoders: [sbert], fusion: {name: rq, levels: 2, codes: 4}}
+        """
+    recipe = load_recipe(_codes_recipe(tmp_path, tiny_root, embeddings, {**SMALL_DIN, "item_codes": True}))
+    assert recipe.models[0].label == "din_codes" and recipe.embeddings[0].codes == {"levels": 2, "codes": 4}
+    records = run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=lambda _: None)
+    assert [(r["model"], r["embedding"]) for r in records] == [("din_codes", "random"), ("din_codes", "sbert_rq")]
+    rows = load_item_table(tiny_root).num_items + 1
+    for name in ("random", "sbert_rq"):
+        with np.load(tmp_path / "run" / "tables" / f"{name}-seed1.npz") as saved:
+            codes = saved["codes"]
+            info = json.loads(str(saved["info"]))
+        assert codes.shape == (rows, 2) and (codes[0] == -1).all() and 0 <= codes[1:].min() and codes.max() < 4
+        assert info["codes"]["levels"] == 2 and 0 <= info["codes"]["collision_rate"] <= 1
+        run = json.loads((tmp_path / "run" / "ctr" / "din_codes" / name / "seed1" / "run.json").read_text())
+        assert run["config"]["item_codes"] is True and run["task2_features"] == ["item_codes"]
+    summary = (write_report(tmp_path / "run").parent / "summary.md").read_text()
+    assert "## Semantic IDs" in summary and "| sbert_rq | 1 | 2 x 4 |" in summary
+
+
+def test_a_model_with_item_codes_needs_codes_for_every_table(tiny_root, tmp_path):
+    embeddings = """\
+        - {name: random, codes: true}
+        - provided
+        """
+    recipe = load_recipe(_codes_recipe(tmp_path, tiny_root, embeddings, {**SMALL_DIN, "item_codes": True}))
+    with pytest.raises(RecipeError, match=r"models\[0\].settings.item_codes: embeddings\[1\] \(provided\) give no "
+                                          r"semantic IDs: add `codes: true`"):
+        run_recipe(recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=lambda _: None)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(RecipeError, match=r"embeddings\[0\].codes: .*levels"):
+        bad = load_recipe(_codes_recipe(tmp_path, tiny_root, "- {name: random, codes: {levels: 0}}\n", SMALL_DIN))
+        run_recipe(bad, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=lambda _: None)
+    with pytest.raises(RecipeError, match=r"models \['din'\] appear more than once.*give each a `label:`"):
+        parse_recipe({"embeddings": ["random"], "models": ["din", {"name": "din", "settings": {}}]})

@@ -177,6 +177,27 @@ def _knn_rows(run: RunFolder) -> list[dict]:
 _KNN_KEYS = ("tag_overlap", "coclick_hit", "truth_overlap", "effective_rank", "near_duplicate_share")
 
 
+def _code_rows(run: RunFolder) -> list[list[str]]:
+    """Semantic-ID diagnostics of each table that has codes (first seed that has them):
+    levels x codes, codebook use per level, collision rate, reconstruction error."""
+    out = []
+    for embedding in run.embeddings:
+        for seed in run.seeds:
+            d = (run.table_info(embedding, seed) or {}).get("codes")
+            if d:
+                out.append([embedding, str(seed), f"{d['levels']} x {d['codes']}" + (" balanced" if d.get("balanced") else ""),
+                            ", ".join(f"{u:.0%}" for u in d["codebook_usage"]), f"{d['collision_rate']:.1%}",
+                            f"{d['reconstruction_error']:.3f}"])
+                break
+    return out
+
+
+_CODES_HEADER = ("embedding", "seed", "levels x codes", "codebook use per level", "items in collisions",
+                 "relative reconstruction error")
+_CODES_NOTE = ("Semantic IDs (RQ-KMeans): items sharing a full code (a collision) share its embedding rows; "
+               "collisions are counted, not resolved.")
+
+
 def _mean(values: list) -> float | None:
     values = [float(v) for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(values)) if values else None
@@ -264,6 +285,13 @@ def _html_knn(content: dict) -> str:
             "table of the same shape.</p>" + _table(_KNN_HEADER, body))
 
 
+def _html_codes(content: dict) -> str:
+    if not content["codes"]:
+        return ""
+    body = ["<tr>" + _cell(_e(r[0]), True) + "".join(_cell(_e(c)) for c in r[1:]) + "</tr>" for r in content["codes"]]
+    return f"<h2>Semantic IDs</h2><p>{_e(_CODES_NOTE)}</p>" + _table(_CODES_HEADER, body)
+
+
 def _html_item(item: dict, query: bool) -> str:
     image = (f'<img src="{_e(item["src"])}" alt="cover of item {item["item"]}">' if item["src"]
              else '<div class="nc">no cover</div>')
@@ -322,7 +350,7 @@ def render_html(content: dict) -> str:
             f"<style>{_CSS}</style></head><body><h1>Run report: {_e(name)}</h1>"
             f"<p>{_e(run.recipe.get('description') or '')}</p>{_warning(content)}"
             f"<h2>Comparison</h2>{_html_comparison(content)}{figures}"
-            f"<h2>Neighbour checks</h2>{_html_knn(content)}"
+            f"<h2>Neighbour checks</h2>{_html_knn(content)}{_html_codes(content)}"
             f"<h2>Map of the item embeddings</h2><p>PCA of up to {plots.MAP_ITEMS} items (sampled with a fixed "
             "seed), first seed of each embedding, coloured by each item's first tag.</p>"
             f"{_html_figure(content['figures']['map'], 'Embedding map')}"
@@ -354,6 +382,8 @@ def _md_tables(content: dict) -> list[str]:
         lines += ["Top-10 cosine neighbours; in brackets a random table's figure.", ""] + _md_table(_KNN_HEADER, knn)
     else:
         lines.append(f"{NOT_COMPUTED}: {_no_checks(content)}.")
+    if content["codes"]:
+        lines += ["", "## Semantic IDs", "", _CODES_NOTE, ""] + _md_table(_CODES_HEADER, content["codes"])
     return lines
 
 
@@ -388,7 +418,7 @@ def _draw(run: RunFolder, stage: Path) -> dict:
                "history": plots.history_plot(run.records, stage / "valid_auc_per_epoch.png"),
                "map": plots.draw_map(run, items, stage)}
     return {"run": run, "rows": rows, "figures": {k: v.name if v else None for k, v in figures.items()},
-            "knn": _knn_rows(run), "examples": _neighbour_examples(run, items, stage),
+            "knn": _knn_rows(run), "codes": _code_rows(run), "examples": _neighbour_examples(run, items, stage),
             "untrained": [e for e in run.embeddings if run.untrained(e)],
             "items_note": None if items.catalog is not None else items.reason}
 

@@ -112,52 +112,72 @@ def data_fingerprint(root: Path) -> str:
 
 
 def build_table(ctx: RunContext, spec: EmbeddingSpec, seed: int, truth: Any) -> tuple[np.ndarray | None, dict]:
-    """The (N+1, d) table of one embedding and seed, from ``tables/`` when its key matches."""
-    from mmembed.recipes.tables import extracted_table, reference_table
+    """The (N+1, d) table of one embedding and seed, from ``tables/`` when its key matches.
+    Its semantic-ID codes, when it has them, are in the same file (:func:`saved_codes`)."""
+    from mmembed.recipes.tables import extracted_table, reference_table, table_codes
 
     encoders = [ctx.recipe.encoders[label] for label in spec.encoders]
-    key = _key("table", spec.name, encoders, spec.fusion, spec.dim, seed, ctx.fingerprint)
-    path = ctx.run_dir / "tables" / f"{spec.name}-seed{seed}.npz"
+    key = _key("table", spec.name, encoders, spec.fusion, spec.dim, seed, ctx.fingerprint,
+               *([spec.codes] if spec.codes is not None else []))
+    path = _table_path(ctx, spec, seed)
     if path.is_file():
         with np.load(path, allow_pickle=False) as saved:
             if str(saved["key"]) == key:
                 table = saved["table"] if saved["table"].size else None
                 return table, json.loads(str(saved["info"]))
+    codes = None
     if spec.is_reference:
         table, info = reference_table(spec.name, truth, seed), {"fit_seconds": 0.0, "untrained": False}
     else:
         fusion = (spec.fusion or {}).get("name", "no fusion")
         ctx.say(f"  {spec.name}, seed {seed}: features of {', '.join(spec.encoders)} -> {fusion}")
-        table, provenance = extracted_table(ctx.root, encoders, spec.fusion, spec.dim, seed,
-                                            ctx.cache_dir / "features", progress=ctx.progress,
-                                            checkpoint_dir=path.with_suffix(".fit"))
+        table, provenance, codes = extracted_table(ctx.root, encoders, spec.fusion, spec.dim, seed,
+                                                   ctx.cache_dir / "features", progress=ctx.progress,
+                                                   checkpoint_dir=path.with_suffix(".fit"))
         info = {"fit_seconds": provenance["fit_seconds"], "untrained": provenance.get("untrained", False),
                 "encoders": [e.get("label", e.get("name")) for e in provenance.get("encoders", [])]}
+        if codes is not None:
+            info["codes"] = (provenance.get("fusion") or {}).get("diagnostics", {})
+    if spec.codes is not None:
+        ctx.say(f"  {spec.name}, seed {seed}: semantic IDs of the table (rq)")
+        codes, info["codes"] = table_codes(truth.provided if table is None else table, spec.codes, seed)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, key=np.array(key), info=np.array(json.dumps(info)),
-                     table=np.zeros(0, np.float32) if table is None else table)
+                     table=np.zeros(0, np.float32) if table is None else table,
+                     **({"codes": codes} if codes is not None else {}))
     return table, info
+
+
+def _table_path(ctx: RunContext, spec: EmbeddingSpec, seed: int) -> Path:
+    return ctx.run_dir / "tables" / f"{spec.name}-seed{seed}.npz"
+
+
+def saved_codes(ctx: RunContext, spec: EmbeddingSpec, seed: int) -> np.ndarray | None:
+    """The (N+1, levels) semantic-ID codes :func:`build_table` kept for this table, if any."""
+    with np.load(_table_path(ctx, spec, seed), allow_pickle=False) as saved:
+        return saved["codes"] if "codes" in saved.files else None
 
 
 # --------------------------------------------------------------------------- judge
 
 
 def judge(root: Path, table: np.ndarray | None, model: ModelSpec, seed: int, run_dir: Path,
-          progress: bool = False) -> dict:
+          progress: bool = False, codes: np.ndarray | None = None) -> dict:
     """Train and validate one CTR model on one table with one training seed (a Task 1
-    model as :func:`task1_settings` says)."""
+    model as :func:`task1_settings` says); ``codes``: the table's semantic IDs, for a
+    model with ``item_codes``."""
     import ctr_eval
 
     settings, task1 = task1_settings(model)
     return ctr_eval.evaluate(root, item_info=table, model=model.name, task1=task1,
                              run_dir=run_dir, max_epochs=model.max_epochs, train_rows=model.train_rows,
-                             progress=progress,
+                             progress=progress, codes=codes if settings.get("item_codes") else None,
                              **{**settings, "seed": seed})
 
 
 def _ctr_dir(ctx: RunContext, model: ModelSpec, spec: EmbeddingSpec, seed: int) -> Path:
-    return ctx.run_dir / "ctr" / model.name / spec.name / f"seed{seed}"
+    return ctx.run_dir / "ctr" / model.folder / spec.name / f"seed{seed}"
 
 
 def attach_covariances(root: Path, records: list[dict], scores: dict[tuple[str, int, str], Path]) -> None:
@@ -204,14 +224,15 @@ def run_model(ctx: RunContext, model: ModelSpec, spec: EmbeddingSpec, seed: int,
             return saved["metrics"]
         done.unlink()  # another table, data or model settings: the folder's run may resume or go
     ctx.say(f"  {model.label} on {spec.name}, seed {seed}: training")
+    codes = saved_codes(ctx, spec, seed) if model.settings.get("item_codes") else None
     try:
-        result = judge(ctx.root, table, model, seed, run_dir, progress=ctx.progress)
+        result = judge(ctx.root, table, model, seed, run_dir, progress=ctx.progress, codes=codes)
     except RunDirMismatch:
         # a run of other settings (the recipe changed): ours replaces it; a killed run of
         # the same settings, or a raised epoch cap, resumes above instead
         ctx.say(f"  ({run_dir} held a run of other settings; starting afresh)")
         shutil.rmtree(run_dir)
-        result = judge(ctx.root, table, model, seed, run_dir, progress=ctx.progress)
+        result = judge(ctx.root, table, model, seed, run_dir, progress=ctx.progress, codes=codes)
     metrics = {"valid_auc": result["valid_auc"], "valid_logloss": result["valid_logloss"],
                "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
                "train_seconds": sum(h["train_seconds"] for h in result["history"]),
@@ -352,10 +373,20 @@ def check_recipe(recipe: Recipe) -> None:
         if spec.fusion is not None:
             with _naming(f"{where}: embeddings[{i}].fusion"):
                 create_fusion({**spec.fusion, "dim": spec.dim} if "dim" in _fusion_params(spec) else spec.fusion)
+        if spec.codes is not None:
+            with _naming(f"{where}: embeddings[{i}].codes"):  # rq over the 128-d table
+                create_fusion({"name": "rq", "dim": 128, **spec.codes}).check_input_widths({"table": 128})
     for i, model in enumerate(recipe.models):
         with _naming(f"{where}: models[{i}].settings"):
             settings, task1 = task1_settings(model)
             resolve_config(model.name, task1=task1, **settings)
+        if settings.get("item_codes"):
+            lacking = [f"embeddings[{j}] ({spec.name})" for j, spec in enumerate(recipe.embeddings)
+                       if not _has_codes(spec)]
+            if lacking:
+                raise RecipeError(f"{where}: models[{i}].settings.item_codes: {', '.join(lacking)} "
+                                  "give no semantic IDs: add `codes: true` (or rq parameters) to each, "
+                                  "or use a fusion head that makes codes (rq)")
 
 
 @contextlib.contextmanager
@@ -396,6 +427,12 @@ def _check_data(ctx: RunContext, truth: Any) -> None:
             raise RecipeError(f"{ctx.recipe.source or '<recipe>'}: embeddings[{i}]: {spec.name!r} needs the "
                               f"synthetic generator's truth ({ctx.root / 'oracle'} is missing): it exists for "
                               "synthetic data only")
+
+
+def _has_codes(spec: EmbeddingSpec) -> bool:
+    from mmembed.fusion import FUSIONS
+
+    return spec.codes is not None or (spec.fusion is not None and FUSIONS.get(spec.fusion["name"]).makes_codes)
 
 
 def _fusion_params(spec: EmbeddingSpec) -> list[str]:

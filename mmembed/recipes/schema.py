@@ -15,8 +15,11 @@ that judge them, the seeds and the checks::
       - random                         # a Gaussian table: the floor
       - oracle                         # synthetic data only: the true latent vectors
       - {name: concat_pca, encoders: [sbert, pixels], fusion: {name: concat_pca}}
+      - {name: gated, encoders: [sbert, pixels], fusion: gated,
+         codes: {levels: 3, codes: 256}}  # semantic IDs of this table, for item_codes models
     models:
       - {name: din, settings: {batch_size: 2048}, max_epochs: 2}
+      - {name: qin, label: qin_codes, task1: false, settings: {item_codes: true}}
     checks: [knn, proxy]
     baseline: concat_pca               # the row every other is compared with (paired
                                        # differences); default concat_pca, else provided
@@ -48,8 +51,8 @@ CHECKS = ("knn", "proxy")
 _TOP_KEYS = ("name", "description", "extends", "data", "seeds", "encoders", "embeddings",
              "models", "checks", "baseline")
 _DATA_KEYS = ("path", "synthetic", "seed")
-_EMBEDDING_KEYS = ("name", "encoders", "fusion", "dim")
-_MODEL_KEYS = ("name", "task1", "settings", "max_epochs", "train_rows")
+_EMBEDDING_KEYS = ("name", "encoders", "fusion", "dim", "codes")
+_MODEL_KEYS = ("name", "label", "task1", "settings", "max_epochs", "train_rows")
 
 
 class RecipeError(ValueError):
@@ -77,6 +80,10 @@ class EmbeddingSpec:
     encoders: tuple[str, ...] = ()
     fusion: Mapping[str, Any] | None = None  # None: the encoders' features as they are
     dim: int = 128
+    # semantic IDs of this table's items for Task 2 models with item_codes: the rq head's
+    # parameters, fitted on the table itself ({} = its defaults); None: none, unless the
+    # fusion head makes codes itself
+    codes: Mapping[str, Any] | None = None
 
     @property
     def is_reference(self) -> bool:
@@ -92,10 +99,18 @@ class ModelSpec:
     settings: Mapping[str, Any] = field(default_factory=dict)
     max_epochs: int | None = None
     train_rows: int | None = None  # train on that many random train rows (all when None)
+    given_label: str | None = None  # the recipe's `label:`, to run one model in several settings
 
     @property
     def label(self) -> str:
+        if self.given_label:
+            return self.given_label
         return self.name if self.task1 is not False else f"{self.name} (task 2)"
+
+    @property
+    def folder(self) -> str:
+        """Its runs' folder under ``ctr/``: the label when the recipe gives one, else the name."""
+        return self.given_label or self.name
 
 
 @dataclass(frozen=True)
@@ -117,15 +132,21 @@ class Recipe:
             "name": self.name, "description": self.description,
             "data": {k: v for k, v in vars(self.data).items() if v is not None},
             "seeds": list(self.seeds), "encoders": {k: dict(v) for k, v in self.encoders.items()},
-            "embeddings": [e.name if e.is_reference else
-                           {"name": e.name, "encoders": list(e.encoders),
-                            **({"fusion": dict(e.fusion)} if e.fusion else {}), "dim": e.dim}
-                           for e in self.embeddings],
-            "models": [{"name": m.name, "task1": m.task1, "settings": dict(m.settings),
+            "embeddings": [_embedding_dict(e) for e in self.embeddings],
+            "models": [{"name": m.name, **({"label": m.given_label} if m.given_label else {}),
+                        "task1": m.task1, "settings": dict(m.settings),
                         "max_epochs": m.max_epochs, "train_rows": m.train_rows} for m in self.models],
             "checks": list(self.checks),
             "baseline": self.baseline,
         }
+
+
+def _embedding_dict(e: EmbeddingSpec) -> Any:
+    codes = {} if e.codes is None else {"codes": dict(e.codes)}
+    if e.is_reference:
+        return {"name": e.name, **codes} if codes else e.name
+    return {"name": e.name, "encoders": list(e.encoders), **({"fusion": dict(e.fusion)} if e.fusion else {}),
+            "dim": e.dim, **codes}
 
 
 # --------------------------------------------------------------------------- loading
@@ -263,11 +284,11 @@ def parse_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> Recipe:
     if repeated:
         raise RecipeError(f"{source}: embeddings {repeated} appear more than once; give each its own name")
     models = tuple(_model(m, i, source) for i, m in enumerate(_list(raw, "models", source, [{"name": "din"}])))
-    kinds = [m.name for m in models]
+    kinds = [m.folder for m in models]
     repeated = sorted({n for n in kinds if kinds.count(n) > 1})
     if repeated:
         raise RecipeError(f"{source}: models {repeated} appear more than once; a run keeps one run per model "
-                          "and table, so compare other settings in a second recipe (`extends:` this one)")
+                          "and table: give each a `label:` of its own (e.g. din_codes)")
     data = _data(raw.get("data"), source)
     checks = tuple(_list(raw, "checks", source, list(CHECKS)))
     for check in checks:
@@ -354,8 +375,14 @@ def _embedding(raw: Any, index: int, encoders: Mapping[str, Any], source: str) -
         return EmbeddingSpec(name=raw)
     _check_keys(raw, _EMBEDDING_KEYS, where)
     name = _name(raw.get("name"), f"{where}.name")
-    if name in REFERENCE_TABLES and set(raw) <= {"name"}:
-        return EmbeddingSpec(name=name)
+    codes = raw.get("codes")
+    codes = {} if codes is True else codes
+    if codes is not None and not isinstance(codes, Mapping):
+        raise RecipeError(f"{where}.codes must be true or a mapping of rq parameters (levels, codes, "
+                          f"balanced, ...), got {codes!r}")
+    codes = None if codes is None else dict(codes)
+    if name in REFERENCE_TABLES and set(raw) <= {"name", "codes"}:
+        return EmbeddingSpec(name=name, codes=codes)
     used = raw.get("encoders") or []
     if not isinstance(used, list) or not used:
         raise RecipeError(f"{where}: `encoders` must list encoder labels of this recipe "
@@ -370,7 +397,8 @@ def _embedding(raw: Any, index: int, encoders: Mapping[str, Any], source: str) -
     dim = raw.get("dim", 128)
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise RecipeError(f"{where}.dim must be a positive integer, got {dim!r}")
-    return EmbeddingSpec(name=name, encoders=tuple(used), fusion=dict(fusion) if fusion else None, dim=dim)
+    return EmbeddingSpec(name=name, encoders=tuple(used), fusion=dict(fusion) if fusion else None, dim=dim,
+                         codes=codes)
 
 
 def _model(raw: Any, index: int, source: str) -> ModelSpec:
@@ -387,5 +415,9 @@ def _model(raw: Any, index: int, source: str) -> ModelSpec:
     task1 = raw.get("task1")
     if task1 is not None and not isinstance(task1, bool):
         raise RecipeError(f"{where}.task1 must be true or false, got {task1!r}")
+    label = raw.get("label")
+    if label is not None:
+        label = _name(label, f"{where}.label")
     return ModelSpec(name=_name(raw.get("name", "din"), f"{where}.name"), task1=task1,
-                     settings=dict(settings), max_epochs=raw.get("max_epochs"), train_rows=raw.get("train_rows"))
+                     settings=dict(settings), max_epochs=raw.get("max_epochs"), train_rows=raw.get("train_rows"),
+                     given_label=label)

@@ -17,7 +17,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["Truth", "load_truth", "reference_table", "extracted_table", "score_run", "RARE_BELOW"]
+__all__ = ["Truth", "load_truth", "reference_table", "extracted_table", "table_codes", "score_run",
+           "RARE_BELOW"]
 
 RARE_BELOW = 5  # a target item seen fewer times than this as a train target is "rare"
 
@@ -87,9 +88,10 @@ def reference_table(name: str, truth: Truth, seed: int) -> np.ndarray | None:
 
 def extracted_table(root: str | Path, encoders: list[Mapping[str, Any]], fusion: Mapping[str, Any] | None,
                     dim: int, seed: int, cache_dir: str | Path, progress: bool = False,
-                    checkpoint_dir: str | Path | None = None) -> tuple[np.ndarray, dict]:
-    """(N+1, dim) table from ``mmembed.extract`` and its provenance, with the fusion's
-    wall time (features read from the cache) under ``provenance["fit_seconds"]``. A head
+                    checkpoint_dir: str | Path | None = None) -> tuple[np.ndarray, dict, np.ndarray | None]:
+    """(N+1, dim) table from ``mmembed.extract``, its provenance, with the fusion's
+    wall time (features read from the cache) under ``provenance["fit_seconds"]``, and the
+    head's semantic-ID codes by item id ((N+1, levels), row 0 -1) when it makes them. A head
     that takes a ``seed`` parameter gets ``seed`` unless its spec sets one; one that takes
     a ``checkpoint_dir`` gets ``checkpoint_dir`` (a killed fit resumes there; removed once
     the table is made)."""
@@ -114,7 +116,24 @@ def extracted_table(root: str | Path, encoders: list[Mapping[str, Any]], fusion:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     table = np.zeros((int(emb.ids.max()) + 1, emb.dim), dtype=np.float32)
     table[emb.ids] = emb.vectors
-    return table, {**emb.provenance, "fit_seconds": seconds}
+    codes = None
+    if emb.codes is not None:
+        codes = np.full((len(table), emb.codes.shape[1]), -1, dtype=np.int64)
+        codes[emb.ids] = emb.codes
+    return table, {**emb.provenance, "fit_seconds": seconds}, codes
+
+
+def table_codes(table: np.ndarray, params: Mapping[str, Any], seed: int) -> tuple[np.ndarray, dict]:
+    """Semantic IDs of a table's items: ((N+1, levels) codes by item id, row 0 -1; the
+    quantizer's diagnostics), from the ``rq`` head fitted on rows 1..N with ``params``
+    (its ``seed`` defaults to ``seed``)."""
+    from mmembed.fusion import create_fusion
+
+    head = create_fusion({"name": "rq", "dim": min(128, table.shape[1]), "seed": seed, **params})
+    head.fit({"table": table[1:]})
+    codes = np.full((len(table), head.levels), -1, dtype=np.int64)
+    codes[1:] = head.codes_
+    return codes, head.diagnostics()
 
 
 def score_run(run_dir: str | Path, root: str | Path, truth: Truth, progress: bool = False) -> dict:
