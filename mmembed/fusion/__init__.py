@@ -48,3 +48,4 @@ from mmembed.fusion import modality_pca as _modality_pca  # noqa: E402,F401
 from mmembed.fusion import contrastive as _contrastive  # noqa: E402,F401
 from mmembed.fusion import gated as _gated  # noqa: E402,F401
 from mmembed.fusion import rq as _rq  # noqa: E402,F401
+from mmembed.fusion import rq_vae as _rq_vae  # noqa: E402,F401

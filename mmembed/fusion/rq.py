@@ -74,16 +74,14 @@ class ResidualQuantizer(ConcatPCA):
             raise ValueError(f"rq: codes={self.codes} exceeds the {len(x)} items; choose codes <= {len(x)}")
         residual, centroids, codes = x.copy(), [], []
         for level in range(self.levels):
-            centres, assigned = _kmeans(residual, self.codes, seed=self.seed * 1000 + level,
+            centres, assigned = kmeans(residual, self.codes, seed=self.seed * 1000 + level,
                                         balanced=self.balanced)
             centroids.append(centres.astype(np.float32))
             codes.append(assigned)
             residual -= centres[assigned]
         self.centroids_ = centroids
         self.codes_ = np.stack(codes, axis=1).astype(np.int32)
-        self.codebook_usage_ = [float(len(np.unique(c)) / self.codes) for c in codes]
-        _, counts = np.unique(self.codes_, axis=0, return_counts=True)
-        self.collision_rate_ = float(counts[counts > 1].sum() / len(x))
+        self.codebook_usage_, self.collision_rate_ = code_statistics(self.codes_, self.codes)
         self.reconstruction_error_ = float((residual ** 2).sum(axis=1).mean()
                                            / max((x ** 2).sum(axis=1).mean(), 1e-12))
         logger.info("rq: %d levels x %d codes%s; codebook use %s; collisions %.1f%% of items; "
@@ -111,7 +109,7 @@ class ResidualQuantizer(ConcatPCA):
         residual = super().transform(features).astype(np.float64)
         out = np.empty((len(residual), self.levels), dtype=np.int32)
         for level, centres in enumerate(self.centroids_):
-            out[:, level] = _nearest(residual, centres.astype(np.float64))
+            out[:, level] = nearest(residual, centres.astype(np.float64))
             residual -= centres[out[:, level]]
         return out
 
@@ -124,7 +122,15 @@ class ResidualQuantizer(ConcatPCA):
         return sum(c[codes[:, i]] for i, c in enumerate(self.centroids_)).astype(np.float32)
 
 
-def _nearest(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def code_statistics(codes: np.ndarray, n_codes: int) -> tuple[list[float], float]:
+    """(share of each level's ``n_codes`` codes in use, share of items whose full code
+    another item also has) of (items, levels) codes."""
+    usage = [float(len(np.unique(codes[:, level])) / n_codes) for level in range(codes.shape[1])]
+    _, counts = np.unique(codes, axis=0, return_counts=True)
+    return usage, float(counts[counts > 1].sum() / max(len(codes), 1))
+
+
+def nearest(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> np.ndarray:
     out = np.empty(len(x), dtype=np.int64)
     norms = (centres ** 2).sum(axis=1)
     for start in range(0, len(x), chunk):
@@ -133,7 +139,7 @@ def _nearest(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> np.ndarra
     return out
 
 
-def _kmeans(x: np.ndarray, k: int, seed: int, balanced: bool) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(x: np.ndarray, k: int, seed: int, balanced: bool) -> tuple[np.ndarray, np.ndarray]:
     """(centres (k, d), assignment (n,)) of k-means on ``x``; with ``balanced`` the
     assignment respects a capacity of ceil(n / k) per centre."""
     from sklearn.cluster import KMeans
