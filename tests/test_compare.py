@@ -82,3 +82,25 @@ def test_a_recipe_names_its_baseline_or_gets_the_default():
     assert parse_recipe({"embeddings": ["random", "oracle"]}).baseline is None
     with pytest.raises(RecipeError, match=r"baseline 'provide' is not one of the embeddings.*did you mean 'provided'"):
         parse_recipe({"embeddings": ["provided", "random"], "baseline": "provide"})
+
+
+def test_a_model_compared_with_another_model_on_the_same_table():
+    from mmembed.recipes.results import format_summary, summary_rows
+
+    base = [0.70, 0.71, 0.69]
+    more = [0.72, 0.735, 0.705]
+    records = [{"model": m, "embedding": "head", "seed": s + 1, "valid_auc": auc, "baseline": None,
+                "compare_to": "qin" if m == "qin+codes" else None}
+               for m, aucs in (("qin", base), ("qin+codes", more)) for s, auc in enumerate(aucs)]
+    rows = {r["model"]: r for r in summary_rows(records)}
+    diffs = np.subtract(more, base)
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    got = rows["qin+codes"]["vs_baseline"]
+    assert got.estimate == pytest.approx(diffs.mean()) and got.high - got.estimate == pytest.approx(half)
+    assert rows["qin+codes"]["baseline"] == "qin on head" and rows["qin"]["is_baseline"]
+    text = format_summary(records)
+    assert "| qin | head | 3 | 0.7000 ± 0.0100 | baseline |" in text
+    assert f"| qin+codes | head | 3 | 0.7200 ± 0.0150 | {diffs.mean():+.4f} [" in text
+    assert "minus that of qin on head" in text
+    with pytest.raises(RecipeError, match=r"models\[1\].compare_to \(another model's label\): unknown key 'qn'"):
+        parse_recipe({"embeddings": ["random"], "models": ["din", {"name": "qin", "compare_to": "qn"}]})

@@ -30,8 +30,7 @@ def _csv_lines(records: list[dict]) -> list[dict]:
         shared = {"baseline": row["baseline"] or ""}
         if diff is not None:
             shared.update(diff_to_baseline=diff.estimate, diff_low=diff.low, diff_high=diff.high,
-                          interval=diff.method_text, verdict=diff.verdict if row["embedding"] != row["baseline"]
-                          else "baseline")
+                          interval=diff.method_text, verdict=diff.verdict if not row["is_baseline"] else "baseline")
         if gap is not None:
             shared.update(gap_closed=gap.estimate, gap_low=gap.low, gap_high=gap.high)
         shared_of[row["model"], row["embedding"]] = shared
@@ -78,14 +77,26 @@ def summary_rows(records: list[dict]) -> list[dict]:
         rows.append({"model": model, "embedding": embedding, "seeds": [r["seed"] for r in recs],
                      "records": recs, "mean": mean, "untrained": any(r.get("untrained") for r in recs)})
     baseline = baseline_of(records)
+    compared = {r["model"]: r["compare_to"] for r in records if r.get("compare_to")}
+    by_key = {(r["model"], r["embedding"]): r for r in rows}
     for row in rows:
         same_model = {r["embedding"]: r["records"] for r in rows if r["model"] == row["model"]}
         row["baseline"] = baseline if baseline in same_model else None
+        row["is_baseline"] = row["embedding"] == row["baseline"]
         row["vs_baseline"] = (paired_difference(row["records"], same_model[baseline])
                               if row["baseline"] else None)
+        base_model = by_key.get((compared.get(row["model"]), row["embedding"]))
+        if base_model is not None:  # a model compared with another model on the same table
+            row["baseline"] = f"{base_model['model']} on {row['embedding']}"
+            row["is_baseline"] = False
+            row["vs_baseline"] = paired_difference(row["records"], base_model["records"])
         row["gap"], row["gap_reason"] = None, _gap_reason(same_model)
         if row["gap_reason"] is None:
             row["gap"] = gap_closed(row["records"], same_model["random"], same_model["oracle"])
+    for model in set(compared.values()):  # the rows other models are compared with
+        for row in rows:
+            if row["model"] == model and row["baseline"] is None:
+                row["is_baseline"] = True
     return rows
 
 
@@ -123,7 +134,7 @@ def summary_cells(row: dict, flag_untrained: bool = True) -> list[str]:
     ``flag_untrained`` appends "(random-init encoder)" to the embedding's name."""
     recs = row["records"]
     pick = lambda key: _mean_sd([r.get(key) for r in recs])  # noqa: E731
-    if row["embedding"] == row["baseline"]:
+    if row["is_baseline"]:
         diff, verdict = "baseline", "—"
     elif row["vs_baseline"] is None:
         diff, verdict = "-", "-"
@@ -140,7 +151,7 @@ def summary_cells(row: dict, flag_untrained: bool = True) -> list[str]:
 def interval_note(rows: list[dict]) -> str | None:
     """How the intervals of :func:`summary_rows` were made, for under the table."""
     methods = {row["vs_baseline"].method_text for row in rows if row["vs_baseline"] is not None}
-    baselines = sorted({row["baseline"] for row in rows if row["baseline"]})
+    baselines = sorted({row["baseline"] for row in rows if row["baseline"] and not row["is_baseline"]})
     if not methods:
         return None
     reasons = sorted({f"{row['model']}: {row['gap_reason']}" for row in rows if row["gap_reason"]})

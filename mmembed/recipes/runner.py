@@ -274,7 +274,8 @@ def run_recipe(recipe: Recipe, run_dir: str | os.PathLike | None = None,
                 for model in recipe.models:
                     metrics = run_model(ctx, model, spec, seed, table, table_key, truth)
                     records.append({"embedding": spec.name, "model": model.label, "seed": seed,
-                                    "baseline": recipe.baseline, **info, **checks, **metrics})
+                                    "baseline": recipe.baseline, "compare_to": model.compare_to,
+                                    **info, **checks, **metrics})
                     scores[model.label, seed, spec.name] = _ctr_dir(ctx, model, spec, seed) / VALID_SCORES_FILE
         attach_covariances(ctx.root, records, scores)
         write_results(ctx, records)

@@ -19,7 +19,8 @@ that judge them, the seeds and the checks::
          codes: {levels: 3, codes: 256}}  # semantic IDs of this table, for item_codes models
     models:
       - {name: din, settings: {batch_size: 2048}, max_epochs: 2}
-      - {name: qin, label: qin_codes, task1: false, settings: {item_codes: true}}
+      - {name: qin, label: qin_codes, task1: false, settings: {item_codes: true},
+         compare_to: qin}                # its rows' baseline: model qin's, table by table
     checks: [knn, proxy]
     baseline: concat_pca               # the row every other is compared with (paired
                                        # differences); default concat_pca, else provided
@@ -52,7 +53,7 @@ _TOP_KEYS = ("name", "description", "extends", "data", "seeds", "encoders", "emb
              "models", "checks", "baseline")
 _DATA_KEYS = ("path", "synthetic", "seed")
 _EMBEDDING_KEYS = ("name", "encoders", "fusion", "dim", "codes")
-_MODEL_KEYS = ("name", "label", "task1", "settings", "max_epochs", "train_rows")
+_MODEL_KEYS = ("name", "label", "task1", "settings", "max_epochs", "train_rows", "compare_to")
 
 
 class RecipeError(ValueError):
@@ -100,6 +101,7 @@ class ModelSpec:
     max_epochs: int | None = None
     train_rows: int | None = None  # train on that many random train rows (all when None)
     given_label: str | None = None  # the recipe's `label:`, to run one model in several settings
+    compare_to: str | None = None  # another model's label: its rows are this one's baseline, table by table
 
     @property
     def label(self) -> str:
@@ -134,6 +136,7 @@ class Recipe:
             "seeds": list(self.seeds), "encoders": {k: dict(v) for k, v in self.encoders.items()},
             "embeddings": [_embedding_dict(e) for e in self.embeddings],
             "models": [{"name": m.name, **({"label": m.given_label} if m.given_label else {}),
+                        **({"compare_to": m.compare_to} if m.compare_to else {}),
                         "task1": m.task1, "settings": dict(m.settings),
                         "max_epochs": m.max_epochs, "train_rows": m.train_rows} for m in self.models],
             "checks": list(self.checks),
@@ -289,6 +292,11 @@ def parse_recipe(raw: Mapping[str, Any], source: str = "<recipe>") -> Recipe:
     if repeated:
         raise RecipeError(f"{source}: models {repeated} appear more than once; a run keeps one run per model "
                           "and table: give each a `label:` of its own (e.g. din_codes)")
+    labels = [m.label for m in models]
+    for i, m in enumerate(models):
+        if m.compare_to is not None and (m.compare_to not in labels or m.compare_to == m.label):
+            raise RecipeError(_unknown(m.compare_to, tuple(x for x in labels if x != m.label),
+                                       f"{source}: models[{i}].compare_to (another model's label)"))
     data = _data(raw.get("data"), source)
     checks = tuple(_list(raw, "checks", source, list(CHECKS)))
     for check in checks:
@@ -418,6 +426,9 @@ def _model(raw: Any, index: int, source: str) -> ModelSpec:
     label = raw.get("label")
     if label is not None:
         label = _name(label, f"{where}.label")
+    compare_to = raw.get("compare_to")
+    if compare_to is not None:
+        compare_to = _name(compare_to, f"{where}.compare_to")
     return ModelSpec(name=_name(raw.get("name", "din"), f"{where}.name"), task1=task1,
                      settings=dict(settings), max_epochs=raw.get("max_epochs"), train_rows=raw.get("train_rows"),
-                     given_label=label)
+                     given_label=label, compare_to=compare_to)
