@@ -97,3 +97,22 @@ def test_rq_vae_is_deterministic_for_a_seed_and_resets_dead_codes():
     np.testing.assert_array_equal(a.codes_, b.codes_)
     np.testing.assert_array_equal(a.transform(features), b.transform(features))
     assert a.codebook_usage_[0] > 2 / 8  # more codes in use than the two clusters
+
+
+@pytest.mark.parametrize("name", ["rq", "rq_vae"])
+def test_unique_ids_resolve_collisions_with_a_numbering_level(name):
+    features, truth = _planted()  # one level of 8 codes for 8 clusters: every item collides
+    params = {"dim": 6, "levels": 1, "codes": 8, "normalize": False}
+    if name == "rq_vae":
+        params.update(latent_dim=4, hidden=16, steps=50, batch_size=64)
+    plain = create_fusion(name, **params).fit(features)
+    unique = create_fusion(name, **params, unique_ids=True).fit(features)
+    assert plain.collision_rate_ == unique.collision_rate_ > 0.9  # counted on the quantization
+    assert unique.codes_.shape == (320, 2) and len(np.unique(unique.codes_, axis=0)) == 320
+    np.testing.assert_array_equal(unique.codes_[:, :1], plain.codes_)
+    for code in np.unique(plain.codes_[:, 0]):  # the last level numbers each group 0, 1, ...
+        members = unique.codes_[plain.codes_[:, 0] == code, 1]
+        assert sorted(members.tolist()) == list(range(len(members)))
+    np.testing.assert_array_equal(unique.transform(features), plain.transform(features))
+    np.testing.assert_array_equal(unique.reconstruct(unique.codes_), unique.reconstruct(unique.codes_[:, :1]))
+    assert "resolved" in unique.diagnostics()["collisions"] and "not resolved" in plain.diagnostics()["collisions"]

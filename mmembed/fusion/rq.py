@@ -15,8 +15,11 @@ Task 2 model with ``item_codes: true``.
 ``balanced=True`` assigns items to centroids under a capacity of ceil(items / codes) per
 centroid (greedily, nearest pairs first; centroids are then the means of their members),
 which spreads items over the codebook and lowers collisions (items sharing every level's
-code) at some cost in reconstruction error. Collisions are counted, not resolved:
-``collision_rate_`` is the share of items whose full code another item also has.
+code) at some cost in reconstruction error. ``collision_rate_`` is the share of items
+whose full code another item also has. Collisions are counted and left (such items share
+their code embeddings), or with ``unique_ids=True`` resolved as TIGER does: a last level
+numbers the items sharing a code (0, 1, ...), so every item's code is its own; the
+reconstruction uses the quantization levels only.
 
 Diagnostics after ``fit`` (``diagnostics()``, shown in a recipe's report):
 ``codebook_usage_`` (share of each level's codes in use), ``collision_rate_``,
@@ -51,6 +54,7 @@ class ResidualQuantizer(ConcatPCA):
         levels: int = 3,
         codes: int = 256,
         balanced: bool = False,
+        unique_ids: bool = False,
         seed: int = 0,
         normalize: bool = True,
         standardize: str | None = None,
@@ -64,8 +68,9 @@ class ResidualQuantizer(ConcatPCA):
         super()._check_params()
         check_positive_int("rq: levels", self.levels)
         check_positive_int("rq: codes", self.codes)
-        if not isinstance(self.balanced, bool):
-            raise TypeError(f"rq: balanced must be True or False, got {self.balanced!r}")
+        for name in ("balanced", "unique_ids"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"rq: {name} must be True or False, got {getattr(self, name)!r}")
 
     def fit(self, features: Mapping[str, Any], sequences: Any = None) -> ResidualQuantizer:
         super().fit(features)
@@ -80,8 +85,9 @@ class ResidualQuantizer(ConcatPCA):
             codes.append(assigned)
             residual -= centres[assigned]
         self.centroids_ = centroids
-        self.codes_ = np.stack(codes, axis=1).astype(np.int32)
-        self.codebook_usage_, self.collision_rate_ = code_statistics(self.codes_, self.codes)
+        quantized = np.stack(codes, axis=1).astype(np.int32)
+        self.codebook_usage_, self.collision_rate_ = code_statistics(quantized, self.codes)
+        self.codes_ = with_unique_level(quantized) if self.unique_ids else quantized
         self.reconstruction_error_ = float((residual ** 2).sum(axis=1).mean()
                                            / max((x ** 2).sum(axis=1).mean(), 1e-12))
         logger.info("rq: %d levels x %d codes%s; codebook use %s; collisions %.1f%% of items; "
@@ -92,11 +98,7 @@ class ResidualQuantizer(ConcatPCA):
         return self
 
     def diagnostics(self) -> dict[str, Any]:
-        self._check_fitted()
-        return {"levels": self.levels, "codes": self.codes, "balanced": self.balanced,
-                "codebook_usage": self.codebook_usage_, "collision_rate": self.collision_rate_,
-                "collisions": "counted, not resolved: items sharing a full code share its embedding rows",
-                "reconstruction_error": self.reconstruction_error_}
+        return quantizer_diagnostics(self)
 
     def transform(self, features: Mapping[str, Any]) -> np.ndarray:
         """The quantized reconstruction (items, dim): each item's nearest centroid per level
@@ -104,22 +106,54 @@ class ResidualQuantizer(ConcatPCA):
         return self.reconstruct(self.encode(features))
 
     def encode(self, features: Mapping[str, Any]) -> np.ndarray:
-        """(items, levels) codes: the nearest centroid of the residual at each level."""
+        """(items, levels) codes: the nearest centroid of the residual at each level (with
+        ``unique_ids``, one more level numbering the given items that share a code)."""
         self._check_fitted()
         residual = super().transform(features).astype(np.float64)
         out = np.empty((len(residual), self.levels), dtype=np.int32)
         for level, centres in enumerate(self.centroids_):
             out[:, level] = nearest(residual, centres.astype(np.float64))
             residual -= centres[out[:, level]]
-        return out
+        return with_unique_level(out) if self.unique_ids else out
 
     def reconstruct(self, codes: np.ndarray) -> np.ndarray:
         """The sum of each row's centroids over the levels, float32 (rows, dim)."""
         self._check_fitted()
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != self.levels:
-            raise ValueError(f"rq: codes must have shape (items, {self.levels}), got {codes.shape}")
+        codes = quantization_levels(self, codes)
         return sum(c[codes[:, i]] for i, c in enumerate(self.centroids_)).astype(np.float32)
+
+
+def quantization_levels(head: Any, codes: np.ndarray) -> np.ndarray:
+    """The quantization levels of (rows, levels [+ 1 with unique_ids]) codes, checked."""
+    codes = np.asarray(codes)
+    width = head.levels + int(head.unique_ids)
+    if codes.ndim != 2 or codes.shape[1] not in (head.levels, width):
+        raise ValueError(f"{head.name}: codes must have shape (items, {width}), got {codes.shape}")
+    return codes[:, :head.levels]
+
+
+def with_unique_level(codes: np.ndarray) -> np.ndarray:
+    """(items, levels + 1): ``codes`` with a last level numbering, in row order, the items
+    that share every level's code (0, 1, ...): every item's code becomes its own."""
+    _, group = np.unique(codes, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    order = np.argsort(group, kind="stable")
+    starts = np.searchsorted(group[order], group[order], side="left")
+    rank = np.empty(len(codes), dtype=np.int64)
+    rank[order] = np.arange(len(codes)) - starts
+    return np.concatenate([codes, rank[:, None].astype(codes.dtype)], axis=1)
+
+
+def quantizer_diagnostics(head: Any) -> dict[str, Any]:
+    """What a report shows of a fitted semantic-ID head (rq, rq_vae)."""
+    head._check_fitted()
+    collisions = ("resolved: a last level numbers the items that share a code, so every item's code is its own"
+                  if head.unique_ids else
+                  "counted, not resolved: items sharing a full code share its embedding rows")
+    return {"levels": head.levels, "codes": head.codes, "balanced": bool(getattr(head, "balanced", False)),
+            "unique_ids": head.unique_ids, "codebook_usage": head.codebook_usage_,
+            "collision_rate": head.collision_rate_, "collisions": collisions,
+            "reconstruction_error": head.reconstruction_error_}
 
 
 def code_statistics(codes: np.ndarray, n_codes: int) -> tuple[list[float], float]:

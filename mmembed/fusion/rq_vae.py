@@ -13,8 +13,8 @@ every pass over the items a code no item chose is reset to the residual of a ran
 
 Outputs, as for ``rq``: ``transform`` gives the decoder's reconstruction of each item's
 quantized latent (``dim`` wide, a valid Task 1 table); ``codes_`` holds the fitted items'
-(items, levels) codes; ``diagnostics()`` the codebook use, collision rate (counted, not
-resolved) and relative reconstruction error. The fit runs on one CPU process
+(items, levels) codes (``unique_ids`` resolves collisions as in ``rq``); ``diagnostics()``
+the codebook use, collision rate and relative reconstruction error. The fit runs on one CPU process
 (deterministic for a seed); it is small (an MLP over the item table).
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ from torch import nn
 from ctr_eval.checks import check_positive_int
 from mmembed.fusion import register_fusion
 from mmembed.fusion.concat_pca import ConcatPCA
-from mmembed.fusion.rq import code_statistics, kmeans
+from mmembed.fusion.rq import (code_statistics, kmeans, quantization_levels, quantizer_diagnostics,
+                               with_unique_level)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class RQVAE(ConcatPCA):
         steps: int = 3000,
         batch_size: int = 1024,
         learning_rate: float = 1e-3,
+        unique_ids: bool = False,
         seed: int = 0,
         normalize: bool = True,
         standardize: str | None = None,
@@ -93,6 +95,8 @@ class RQVAE(ConcatPCA):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"rq_vae: {name} must be a number > 0, got {value!r}")
+        if not isinstance(self.unique_ids, bool):
+            raise TypeError(f"rq_vae: unique_ids must be True or False, got {self.unique_ids!r}")
 
     def fit(self, features: Mapping[str, Any], sequences: Any = None) -> RQVAE:
         super().fit(features)
@@ -124,9 +128,10 @@ class RQVAE(ConcatPCA):
             if step < self.steps:
                 self._reset_dead_codes(x, used, generator)
         self.history_ = history
-        self.codes_ = self.encode(features).astype(np.int32)
-        self.codebook_usage_, self.collision_rate_ = code_statistics(self.codes_, self.codes)
-        reconstructed = self.transform(features)
+        quantized = self._quantize(x)
+        self.codebook_usage_, self.collision_rate_ = code_statistics(quantized, self.codes)
+        self.codes_ = with_unique_level(quantized) if self.unique_ids else quantized
+        reconstructed = self.reconstruct(quantized)
         xs = x.numpy()
         self.reconstruction_error_ = float(((reconstructed - xs) ** 2).sum(axis=1).mean()
                                            / max(float((xs ** 2).sum(axis=1).mean()), 1e-12))
@@ -170,9 +175,13 @@ class RQVAE(ConcatPCA):
         return self.reconstruct(self.encode(features))
 
     def encode(self, features: Mapping[str, Any]) -> np.ndarray:
-        """(items, levels) codes of the items' encoder outputs."""
+        """(items, levels) codes of the items' encoder outputs (with ``unique_ids``, one
+        more level numbering the given items that share a code)."""
         self._check_fitted()
-        x = torch.from_numpy(np.ascontiguousarray(super().transform(features), dtype=np.float32))
+        codes = self._quantize(torch.from_numpy(np.ascontiguousarray(super().transform(features), dtype=np.float32)))
+        return with_unique_level(codes) if self.unique_ids else codes
+
+    def _quantize(self, x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
             _, codes, _ = self.net_.quantize(self.net_.encoder(x))
         return codes.numpy().astype(np.int32)
@@ -180,9 +189,7 @@ class RQVAE(ConcatPCA):
     def reconstruct(self, codes: np.ndarray) -> np.ndarray:
         """The decoder's output for (rows, levels) codes, float32 (rows, dim)."""
         self._check_fitted()
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != self.levels:
-            raise ValueError(f"rq_vae: codes must have shape (items, {self.levels}), got {codes.shape}")
+        codes = quantization_levels(self, codes)
         index = torch.from_numpy(codes.astype(np.int64))
         with torch.no_grad():
             books = self.net_.codebooks
@@ -190,11 +197,7 @@ class RQVAE(ConcatPCA):
             return self.net_.decoder(latent).numpy().astype(np.float32)
 
     def diagnostics(self) -> dict[str, Any]:
-        self._check_fitted()
-        return {"levels": self.levels, "codes": self.codes, "balanced": False, "kind": "rq_vae",
-                "codebook_usage": self.codebook_usage_, "collision_rate": self.collision_rate_,
-                "collisions": "counted, not resolved: items sharing a full code share its embedding rows",
-                "reconstruction_error": self.reconstruction_error_, "final_loss": self.history_[-1]}
+        return {**quantizer_diagnostics(self), "kind": "rq_vae", "final_loss": self.history_[-1]}
 
     def _new_network(self, name: str) -> Any:
         return _RQVAENet(self.dim, self.hidden, self.latent_dim, self.levels, self.codes)

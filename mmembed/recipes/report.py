@@ -187,15 +187,16 @@ def _code_rows(run: RunFolder) -> list[list[str]]:
             if d:
                 out.append([embedding, str(seed), f"{d['levels']} x {d['codes']}" + (" balanced" if d.get("balanced") else ""),
                             ", ".join(f"{u:.0%}" for u in d["codebook_usage"]), f"{d['collision_rate']:.1%}",
+                            "an extra level numbers them" if d.get("unique_ids") else "left (shared code rows)",
                             f"{d['reconstruction_error']:.3f}"])
                 break
     return out
 
 
 _CODES_HEADER = ("embedding", "seed", "levels x codes", "codebook use per level", "items in collisions",
-                 "relative reconstruction error")
-_CODES_NOTE = ("Semantic IDs (RQ-KMeans): items sharing a full code (a collision) share its embedding rows; "
-               "collisions are counted, not resolved.")
+                 "collisions", "relative reconstruction error")
+_CODES_NOTE = ("Semantic IDs (residual quantization): items sharing every level's code collide; left, they "
+               "share those code embeddings; with unique_ids an extra level numbers them.")
 
 
 def _mean(values: list) -> float | None:
