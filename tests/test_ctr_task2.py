@@ -181,9 +181,11 @@ def test_a_model_refuses_a_table_without_the_features_its_config_asks_for():
 def test_qin_relu_attention_equals_a_per_row_loop():
     torch.manual_seed(0)
     attention = ReLUTargetAttention(6)
-    target, history = torch.randn(4, 6), torch.randn(4, 5, 6)
+    target, table = torch.randn(4, 6), torch.randn(7, 6)
+    rows = torch.tensor([[0, 0, 3, 1, 6], [2, 2, 5, 4, 3], [0, 0, 0, 0, 0], [0, 1, 0, 5, 6]])
+    history = table[rows]
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [0, 1, 0, 1, 1]]).bool()
-    out = attention(target, history, mask)
+    out = attention(target, table, rows, mask)
     for b in range(4):
         q = attention.query.weight @ target[b]
         pooled = torch.zeros(12)

@@ -57,7 +57,11 @@ class QINConfig(TrainingConfig):
 
 
 class ReLUTargetAttention(nn.Module):
-    """Target attention with ReLU scores (no softmax), padding scored 0, plus the target."""
+    """Target attention with ReLU scores (no softmax), padding scored 0, plus the target.
+
+    Keys and values are linear maps of item vectors, so they are computed once per
+    distinct item of the batch (``table``) and gathered per history position: the same
+    function as projecting every position, at a fraction of the work."""
 
     def __init__(self, item_dim: int, scale: bool = True) -> None:
         super().__init__()
@@ -68,12 +72,17 @@ class ReLUTargetAttention(nn.Module):
         self.output = nn.Linear(width, item_dim)
         self.scale = width ** 0.5 if scale else 1.0
 
-    def forward(self, target: torch.Tensor, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """target (B, D), history (B, L, D), mask (B, L) True at real items -> (B, D)."""
-        q = self.query(target).unsqueeze(1)  # (B, 1, W)
-        scores = (q @ self.key(history).transpose(1, 2)).squeeze(1) / self.scale  # (B, L)
+    def forward(self, target: torch.Tensor, table: torch.Tensor, history_rows: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """target (B, D); table (U, D) item vectors; history_rows (B, L) rows of ``table``;
+        mask (B, L) True at real items -> (B, D)."""
+        batch, length = history_rows.shape
+        rows = history_rows.reshape(-1)
+        keys = self.key(table).index_select(0, rows).view(batch, length, -1)
+        values = self.value(table).index_select(0, rows).view(batch, length, -1)
+        scores = torch.einsum("bw,blw->bl", self.query(target), keys) / self.scale
         scores = torch.relu(scores * mask.to(scores.dtype))
-        pooled = (scores.unsqueeze(1) @ self.value(history)).squeeze(1)  # (B, W)
+        pooled = torch.einsum("bl,blw->bw", scores, values)
         return self.output(pooled) + target
 
 
@@ -135,7 +144,6 @@ class QIN(CTRModel):
         seq = batch["item_seq"].long()
         table, target_rows, history_rows = self.batch_items(target, seq)
         target_emb = table.index_select(0, target_rows)
-        history = table.index_select(0, history_rows.reshape(-1)).reshape(*history_rows.shape, -1)
-        pooled = self.attention(target_emb, history, seq != 0)
+        pooled = self.attention(target_emb, table, history_rows, seq != 0)
         features = torch.cat([*self.level_embeddings(batch), target_emb, pooled], dim=-1)
         return self.qnn(features).squeeze(-1)
