@@ -421,3 +421,31 @@ def test_a_model_with_item_codes_needs_codes_for_every_table(tiny_root, tmp_path
         run_recipe(bad, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False, say=lambda _: None)
     with pytest.raises(RecipeError, match=r"models \['din'\] appear more than once.*give each a `label:`"):
         parse_recipe({"embeddings": ["random"], "models": ["din", {"name": "din", "settings": {}}]})
+
+
+def test_an_encoder_can_read_the_datas_own_files_wherever_the_data_is(tiny_root, tmp_path):
+    import pyarrow.parquet as pq
+
+    def recipe(column: str) -> str:
+        return _write(tmp_path / "provided.yaml", f"""
+            name: provided_input
+            data: {{path: {tiny_root}}}
+            seeds: [1]
+            encoders:
+              organisers: {{name: precomputed, path: "{{data}}/item_emb.parquet", column: {column}}}
+            embeddings:
+              - {{name: organisers_pca, encoders: [organisers], fusion: {{name: concat_pca, dim: 16}}, dim: 16}}
+            models: []
+            checks: []
+            """)
+
+    run_recipe(load_recipe(recipe("item_emb_d128_v1")), tmp_path / "run", cache_dir=tmp_path / "cache",
+               progress=False, say=lambda _: None)
+    with np.load(tmp_path / "run" / "tables" / "organisers_pca-seed1.npz") as saved:
+        table = saved["table"]
+    source = pq.read_table(tiny_root / "item_emb.parquet")
+    assert table.shape == (source.num_rows + 1, 16) and np.abs(table[1:]).sum(axis=1).min() > 0
+    with pytest.raises(RecipeError, match=r"encoders.organisers: .*column 'no_such' not in item_emb.parquet"):
+        run_recipe(load_recipe(recipe("no_such")), tmp_path / "run2", cache_dir=tmp_path / "cache",
+                   progress=False, say=lambda _: None)
+    assert not (tmp_path / "run2" / "tables").exists()

@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import yaml
@@ -116,7 +116,7 @@ def build_table(ctx: RunContext, spec: EmbeddingSpec, seed: int, truth: Any) -> 
     Its semantic-ID codes, when it has them, are in the same file (:func:`saved_codes`)."""
     from mmembed.recipes.tables import extracted_table, reference_table, table_codes
 
-    encoders = [ctx.recipe.encoders[label] for label in spec.encoders]
+    encoders = [ctx.recipe.encoders[label] for label in spec.encoders]  # as written: the key
     key = _key("table", spec.name, encoders, spec.fusion, spec.dim, seed, ctx.fingerprint,
                *([spec.codes] if spec.codes is not None else []))
     path = _table_path(ctx, spec, seed)
@@ -131,7 +131,8 @@ def build_table(ctx: RunContext, spec: EmbeddingSpec, seed: int, truth: Any) -> 
     else:
         fusion = (spec.fusion or {}).get("name", "no fusion")
         ctx.say(f"  {spec.name}, seed {seed}: features of {', '.join(spec.encoders)} -> {fusion}")
-        table, provenance, codes = extracted_table(ctx.root, encoders, spec.fusion, spec.dim, seed,
+        table, provenance, codes = extracted_table(ctx.root, [with_data_paths(e, ctx.root) for e in encoders],
+                                                   spec.fusion, spec.dim, seed,
                                                    ctx.cache_dir / "features", progress=ctx.progress,
                                                    checkpoint_dir=path.with_suffix(".fit"))
         info = {"fit_seconds": provenance["fit_seconds"], "untrained": provenance.get("untrained", False),
@@ -265,6 +266,7 @@ def run_recipe(recipe: Recipe, run_dir: str | os.PathLike | None = None,
         prepare_data(ctx)
         truth = load_truth(ctx.root)
         _check_data(ctx, truth)
+        check_data_encoders(ctx)
         records, scores = [], {}
         for spec in recipe.embeddings:
             for seed in recipe.seeds:
@@ -362,11 +364,16 @@ def check_recipe(recipe: Recipe) -> None:
     from mmembed.encoders import create_encoder
     from mmembed.fusion import create_fusion
 
+    from mmembed.encoders import ENCODERS
+
     where = recipe.source or "<recipe>"
     with _naming(f"{where}: encoders"):
         for label, encoder in recipe.encoders.items():
             with _naming(f"{where}: encoders.{label}"):
-                create_encoder(encoder)  # unknown names, bad options, missing weights
+                if _names_data(encoder):  # its files exist once the data does: check_data_encoders
+                    ENCODERS.get(encoder["name"])
+                else:
+                    create_encoder(encoder)  # unknown names, bad options, missing weights
     for i, spec in enumerate(recipe.embeddings):
         if not spec.is_reference and spec.dim != 128 and recipe.models:
             raise RecipeError(f"{where}: embeddings[{i}].dim: {spec.name!r} has dim {spec.dim}, but the CTR "
@@ -419,6 +426,31 @@ def task1_settings(model: ModelSpec) -> tuple[dict, bool | None]:
                              f"{', '.join(sorted(TASK1_TUNABLE))} may be set; got {locked} "
                              "(set task1: false for a free configuration)")
     return settings, False if task1 else model.task1
+
+
+DATA_PLACEHOLDER = "{data}"  # in an encoder's string option: the dataset root, e.g. {data}/item_emb.parquet
+
+
+def _names_data(encoder: Mapping[str, Any]) -> bool:
+    return any(isinstance(v, str) and v.startswith(DATA_PLACEHOLDER) for v in encoder.values())
+
+
+def with_data_paths(encoder: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """The encoder spec with ``{data}`` at the start of a string option replaced by the
+    dataset root (so a recipe can name the data's own files, e.g. the provided vectors in
+    ``{data}/item_emb.parquet``, wherever the data is)."""
+    return {k: str(root) + v[len(DATA_PLACEHOLDER):] if isinstance(v, str) and v.startswith(DATA_PLACEHOLDER)
+            else v for k, v in encoder.items()}
+
+
+def check_data_encoders(ctx: RunContext) -> None:
+    """Once the data is there, check the encoders that name its files (before any work)."""
+    from mmembed.encoders import create_encoder
+
+    for label, encoder in ctx.recipe.encoders.items():
+        if _names_data(encoder):
+            with _naming(f"{ctx.recipe.source or '<recipe>'}: encoders.{label}"):
+                create_encoder(with_data_paths(encoder, ctx.root))
 
 
 def _check_data(ctx: RunContext, truth: Any) -> None:

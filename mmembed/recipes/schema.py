@@ -10,6 +10,8 @@ that judge them, the seeds and the checks::
     encoders:                          # label -> encoder spec (see `mmembed encoders`)
       sbert: {name: sbert}
       pixels: {name: pixels}
+      organisers: {name: precomputed, path: "{data}/item_emb.parquet", column: item_emb_d128_v1}
+                                       # {data}: the dataset root, wherever the data is
     embeddings:
       - provided                       # the dataset's item_emb_d128
       - random                         # a Gaussian table: the floor
