@@ -29,11 +29,12 @@ NO_TEXT, NO_IMAGE, NOT_STORED = 3, 5, 7
 MISSING_INPUTS = {
     "sbert": {NO_TEXT}, "bert": {NO_TEXT}, "clip": {NO_TEXT, NO_IMAGE},
     "mllm": {NO_TEXT, NO_IMAGE}, "precomputed": {NOT_STORED}, "pixels": {NO_IMAGE},
+    "sbert_tuned": {NO_TEXT},
 }
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets(tmp_path_factory, tiny_root):
     root = tmp_path_factory.mktemp("contract")
     rng = np.random.RandomState(0)
     records = []
@@ -65,6 +66,8 @@ def assets(tmp_path_factory):
         "mllm": {"name": "mllm", "model": str(qwen)},
         "precomputed": {"name": "precomputed", "path": str(root / "feats.parquet"), "column": "emb"},
         "pixels": {"name": "pixels", "thumbnail": 4, "hsv_bins": [4, 2, 2], "orientation_bins": 4},
+        # fine-tuned on the tiny dataset's train histories, then encodes this catalog's titles
+        "sbert_tuned": {"name": "sbert_tuned", "data": str(tiny_root), "steps": 3, "pairs_per_step": 8},
     }
     return {"records": records, "specs": specs, "root": root}
 

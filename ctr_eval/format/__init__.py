@@ -36,7 +36,7 @@ from ctr_eval.format.item_info import (  # noqa: F401
     item_table_fingerprint,
 )
 from ctr_eval.format.files import (  # noqa: F401
-    atomic_path, write_json,
+    atomic_path, files_digest, write_json,
 )
 from ctr_eval.format.item_features import (  # noqa: F401
     ITEM_CODES_FILE, item_codes_table, read_item_codes, read_item_levels,
@@ -50,6 +50,6 @@ __all__ = [
     "as_array", "first_null_row", "list_lengths", "list_to_matrix", "scalar_to_numpy",
     "Violation", "item_id_violation", "tag_violation", "embedding_violation",
     "padding_violation", "item_info_violations", "raise_first", "check_embedding_table",
-    "read_item_info", "item_info_table", "item_table_fingerprint", "atomic_path", "write_json",
+    "read_item_info", "item_info_table", "item_table_fingerprint", "atomic_path", "files_digest", "write_json",
     "ITEM_CODES_FILE", "item_codes_table", "read_item_codes", "read_item_levels",
 ]

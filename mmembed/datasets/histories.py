@@ -81,6 +81,15 @@ class TrainHistories:
         return len(self.user_id)
 
 
+def histories_fingerprint(data_dir: str | os.PathLike) -> str:
+    """Cheap identity of the files :func:`load_train_histories` reads (train.parquet and
+    item_seq.parquet: sizes and head and tail bytes); valid and test play no part."""
+    from ctr_eval.format import files_digest
+
+    layout = find_layout(data_dir)
+    return files_digest([("train", layout.train), ("item_seq", layout.item_seq)])
+
+
 def load_train_histories(data_dir: str | os.PathLike, max_len: int | None = None,
                          max_histories: int | None = None, seed: int = 0,
                          progress: bool = False) -> TrainHistories:

@@ -80,7 +80,7 @@ def encoders_table(names: list[str] | None = None) -> str:
 
 
 # Importing the family modules registers them. They import torch & co. lazily.
-from . import bert, clip, mllm, pixels, precomputed, sbert  # noqa: E402,F401
+from . import bert, clip, mllm, pixels, precomputed, sbert, sbert_tuned  # noqa: E402,F401
 
 __all__ = [
     "ENCODERS",

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import yaml
 
-from ctr_eval.format import atomic_path, find_layout, write_json
+from ctr_eval.format import atomic_path, files_digest, find_layout, write_json
 from mmembed.recipes.schema import EmbeddingSpec, ModelSpec, Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
@@ -94,18 +94,7 @@ def _forget_other_data(ctx: RunContext) -> None:
 def data_fingerprint(root: Path) -> str:
     """Cheap identity of a dataset: names, sizes and the head and tail bytes of its files."""
     layout = find_layout(root)
-    digest = hashlib.sha256()
-    for name in layout.FILE_NAMES:
-        path = layout.path(name)
-        if not path.is_file():
-            continue
-        size = path.stat().st_size
-        digest.update(f"{name}:{size}".encode())
-        with open(path, "rb") as handle:
-            digest.update(handle.read(65536))
-            handle.seek(max(0, size - 65536))
-            digest.update(handle.read(65536))
-    return digest.hexdigest()[:16]
+    return files_digest([(name, layout.path(name)) for name in layout.FILE_NAMES])
 
 
 # --------------------------------------------------------------------------- tables
