@@ -19,7 +19,7 @@ import torch
 
 from ctr_eval.checks import check_positive_int
 from ctr_eval.format import (ITEM_CODES_FILE, ITEM_INFO_COLUMNS, DatasetError, MissingFileError,
-                             check_columns, check_embedding_table, find_layout,
+                             check_columns, check_embedding_table, check_item_codes, find_layout,
                              item_table_fingerprint, iter_batches, list_to_matrix, open_parquet,
                              read_item_codes, read_item_info, read_item_levels, scalar_to_numpy)
 
@@ -182,9 +182,7 @@ def _item_codes(data_dir, rows: int, given, item_info) -> np.ndarray:
         if not np.issubdtype(array.dtype, np.integer) or array.shape[:1] != (rows,):
             raise ValueError(f"codes array must be integer (N+1, L) = ({rows}, L), "
                              f"got {array.dtype} {array.shape}")
-        from ctr_eval.format import item_codes_table
-
-        item_codes_table(array)  # the file's rules, applied to the array
+        check_item_codes(array, "codes array")
         return array.astype(np.int64)
     if given is not None:
         return read_item_codes(Path(given).expanduser(), rows).copy()  # writable, for torch

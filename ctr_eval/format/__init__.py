@@ -39,7 +39,7 @@ from ctr_eval.format.files import (  # noqa: F401
     atomic_path, files_digest, write_json,
 )
 from ctr_eval.format.item_features import (  # noqa: F401
-    ITEM_CODES_FILE, item_codes_table, read_item_codes, read_item_levels,
+    ITEM_CODES_FILE, check_item_codes, item_codes_table, read_item_codes, read_item_levels,
 )
 
 __all__ = [
@@ -51,5 +51,5 @@ __all__ = [
     "Violation", "item_id_violation", "tag_violation", "embedding_violation",
     "padding_violation", "item_info_violations", "raise_first", "check_embedding_table",
     "read_item_info", "item_info_table", "item_table_fingerprint", "atomic_path", "files_digest", "write_json",
-    "ITEM_CODES_FILE", "item_codes_table", "read_item_codes", "read_item_levels",
+    "ITEM_CODES_FILE", "check_item_codes", "item_codes_table", "read_item_codes", "read_item_levels",
 ]

@@ -20,7 +20,7 @@ import pyarrow as pa
 from ctr_eval.format.columns import list_to_matrix, read_columns, scalar_to_numpy
 from ctr_eval.format.layout import LEVEL_MAX, DatasetError
 
-__all__ = ["ITEM_CODES_FILE", "item_codes_table", "read_item_codes", "read_item_levels"]
+__all__ = ["ITEM_CODES_FILE", "check_item_codes", "item_codes_table", "read_item_codes", "read_item_levels"]
 
 ITEM_CODES_FILE = "item_codes.parquet"
 NO_CODE = -1  # the padding row's code at every level
@@ -29,7 +29,7 @@ NO_CODE = -1  # the padding row's code at every level
 def item_codes_table(codes: np.ndarray) -> pa.Table:
     """The arrow table of an item_codes.parquet from (N+1, L) codes by item id (row 0 -1)."""
     codes = np.ascontiguousarray(codes, dtype=np.int64)
-    _check_codes(codes, "item codes")
+    check_item_codes(codes, "item codes")
     offsets = np.arange(0, codes.size + 1, codes.shape[1], dtype=np.int32)
     return pa.table({
         "item_id": pa.array(np.arange(len(codes), dtype=np.int64)),
@@ -51,11 +51,13 @@ def read_item_codes(path: str | os.PathLike, rows: int | None = None) -> np.ndar
     if rows is not None and len(codes) != rows:
         raise DatasetError(f"{path}: {len(codes)} rows, but the item table has {rows} (items 0..{rows - 1}); "
                            "the codes must come from the same items as the embedding table")
-    _check_codes(codes, str(path))
+    check_item_codes(codes, str(path))
     return codes
 
 
-def _check_codes(codes: np.ndarray, where: str) -> None:
+def check_item_codes(codes: np.ndarray, where: str) -> None:
+    """Raise DatasetError naming ``where`` unless ``codes`` are (N+1, L) by item id with
+    -1 in row 0 and codes >= 0 elsewhere."""
     if codes.ndim != 2 or codes.shape[0] < 2 or codes.shape[1] < 1:
         raise DatasetError(f"{where}: codes must be (N+1, L) with N >= 1 items and L >= 1 levels, "
                            f"got shape {codes.shape}")
