@@ -102,5 +102,7 @@ def test_a_model_compared_with_another_model_on_the_same_table():
     assert "| qin | head | 3 | 0.7000 ± 0.0100 | baseline |" in text
     assert f"| qin+codes | head | 3 | 0.7200 ± 0.0150 | {diffs.mean():+.4f} [" in text
     assert "minus that of qin on head" in text
+    one_seed = [r for r in records if r["seed"] == 1]  # two models, one seed: no interval, not zero
+    assert summary_rows(one_seed)[1]["vs_baseline"] is None
     with pytest.raises(RecipeError, match=r"models\[1\].compare_to \(another model's label\): unknown key 'qn'"):
         parse_recipe({"embeddings": ["random"], "models": ["din", {"name": "qin", "compare_to": "qn"}]})

@@ -86,8 +86,9 @@ def _cov(record: dict, other: str) -> float | None:
 
 
 def paired_difference(rows: Sequence[dict], base: Sequence[dict]) -> Interval | None:
-    """valid AUC of ``rows`` minus that of ``base`` (records of one model, the seeds both
-    have); None when they share no seed, or share one seed without DeLong covariances."""
+    """valid AUC of ``rows`` minus that of ``base`` (the seeds both have); None when they
+    share no seed, or share one seed without DeLong covariances (always so for two
+    models: the covariances pair tables judged by one model)."""
     a, b = _by_seed(rows), _by_seed(base)
     seeds = sorted(set(a) & set(b))
     if len(seeds) >= 2:
@@ -95,6 +96,8 @@ def paired_difference(rows: Sequence[dict], base: Sequence[dict]) -> Interval | 
     if not seeds:
         return None
     ra, rb = a[seeds[0]], b[seeds[0]]
+    if ra.get("model") != rb.get("model"):
+        return None  # DeLong's covariances pair tables judged by one model, not two models
     if ra["embedding"] == rb["embedding"]:
         return Interval(0.0, 0.0, 0.0, "DeLong", 1)
     terms = [_cov(ra, ra["embedding"]), _cov(rb, rb["embedding"]), _cov(ra, rb["embedding"])]
