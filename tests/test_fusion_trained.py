@@ -150,6 +150,48 @@ def test_residual_ties_the_head_to_the_fit_rows(planted_fit):
     np.testing.assert_array_equal(plain.transform(fewer), plain.transform(features)[:50])
 
 
+def test_residual_dropout_drops_rows_at_its_rate_in_training_only():
+    from mmembed.fusion.contrastive import ShrunkResidual
+
+    def module() -> ShrunkResidual:
+        res = ShrunkResidual(np.ones(1000, np.float32), 2)
+        torch.nn.init.ones_(res.embedding.weight)
+        res.enable_dropout(0.3, seed=7)
+        return res
+
+    res, twin, rows = module(), module(), torch.arange(1000)
+    masks = []
+    for _ in range(50):
+        out = res(rows)
+        masks.append((out[:, 0] == 0).numpy())
+        np.testing.assert_array_equal(twin(rows).detach().numpy(), out.detach().numpy())  # (row, call, seed) fix it
+    masks = np.array(masks)
+    assert masks.mean() == pytest.approx(0.3, abs=0.01)
+    assert int(res.training_calls) == 50
+    # another call drops other rows: every row is dropped sometimes and kept sometimes
+    assert masks.any(axis=0).mean() > 0.99 and (~masks).any(axis=0).all()
+    # a subset of rows gets the same decision as within the whole batch
+    sub = torch.tensor([5, 17, 999])
+    fresh = module()
+    np.testing.assert_array_equal((fresh(sub)[:, 0] == 0).numpy(), masks[0][[5, 17, 999]])
+    res.eval()
+    assert (res(rows)[:, 0] == 1).all() and int(res.training_calls) == 50
+
+
+def test_residual_dropout_changes_the_fit_and_saves_with_it(tmp_path):
+    features, histories, _ = _planted()
+    params = {**FAST, "max_steps": 34, "residual": True}
+    plain = ContrastiveFusion(**params).fit(features, histories)
+    dropped = ContrastiveFusion(**params, residual_dropout=0.5).fit(features, histories)
+    # the kept weights are the best evaluation's, and so is the call counter saved with them
+    assert int(dropped.net_.residual.training_calls) == dropped.best_step_ > 0
+    assert not np.allclose(plain.transform(features), dropped.transform(features))
+    dropped.save(tmp_path / "head")
+    loaded = load_fusion(tmp_path / "head")
+    assert loaded.residual_dropout == 0.5
+    np.testing.assert_array_equal(loaded.transform(features), dropped.transform(features))
+
+
 def test_save_and_load_keep_the_residual(tmp_path):
     features, histories, _ = _planted()
     head = ContrastiveFusion(**{**FAST, "max_steps": 34, "residual": True}).fit(features, histories)
@@ -193,7 +235,7 @@ class _Killed(Exception):
     pass
 
 
-def _fit_killed_at(step: int, features, histories, checkpoint_dir) -> None:
+def _fit_killed_at(step: int, features, histories, checkpoint_dir, dropout: float = 0.0) -> None:
     """Fit until ``step`` training steps were taken in this call, then die as a killed run would."""
     from mmembed.fusion import _train_loop
 
@@ -208,23 +250,26 @@ def _fit_killed_at(step: int, features, histories, checkpoint_dir) -> None:
     _train_loop._Run._train_step = dying
     try:
         with pytest.raises(_Killed):
-            ContrastiveFusion(**RESUMABLE, checkpoint_dir=str(checkpoint_dir)).fit(features, histories)
+            ContrastiveFusion(**RESUMABLE, residual_dropout=dropout,
+                              checkpoint_dir=str(checkpoint_dir)).fit(features, histories)
     finally:
         _train_loop._Run._train_step = original
 
 
-def test_a_step_budget_fit_is_deterministic_and_resumes_identically(tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_a_step_budget_fit_is_deterministic_and_resumes_identically(tmp_path, dropout):
     features, histories, _ = _planted()
-    straight = ContrastiveFusion(**RESUMABLE).fit(features, histories)
-    again = ContrastiveFusion(**RESUMABLE).fit(features, histories)
+    params = {**RESUMABLE, "residual_dropout": dropout}
+    straight = ContrastiveFusion(**params).fit(features, histories)
+    again = ContrastiveFusion(**params).fit(features, histories)
     np.testing.assert_array_equal(again.transform(features), straight.transform(features))
     assert straight.steps_ == 70 and len(straight.history_) == 7
     # killed after step 37 (last checkpoint: step 30), then again after 25 more steps
     # (last checkpoint: step 60): the third run finishes where a straight run ends
-    _fit_killed_at(37, features, histories, tmp_path)
+    _fit_killed_at(37, features, histories, tmp_path, dropout)
     assert (tmp_path / "fit_checkpoint.pt").is_file()
-    _fit_killed_at(25, features, histories, tmp_path)
-    resumed = ContrastiveFusion(**RESUMABLE, checkpoint_dir=str(tmp_path)).fit(features, histories)
+    _fit_killed_at(25, features, histories, tmp_path, dropout)
+    resumed = ContrastiveFusion(**params, checkpoint_dir=str(tmp_path)).fit(features, histories)
     np.testing.assert_array_equal(resumed.transform(features), straight.transform(features))
     assert resumed.history_ == straight.history_ and resumed.best_step_ == straight.best_step_
     # a finished fit's checkpoint answers a rerun without training
@@ -233,7 +278,7 @@ def test_a_step_budget_fit_is_deterministic_and_resumes_identically(tmp_path):
     original = _train_loop._Run._train_step
     _train_loop._Run._train_step = None  # any training step would fail
     try:
-        rerun = ContrastiveFusion(**RESUMABLE, checkpoint_dir=str(tmp_path)).fit(features, histories)
+        rerun = ContrastiveFusion(**params, checkpoint_dir=str(tmp_path)).fit(features, histories)
     finally:
         _train_loop._Run._train_step = original
     np.testing.assert_array_equal(rerun.transform(features), straight.transform(features))
@@ -272,6 +317,8 @@ def test_bad_sequences_and_parameters_are_refused():
         ({"holdout": 1.0}, ValueError, "holdout must be a finite number >= 0.0 and < 1.0"),
         ({"residual": "yes"}, TypeError, "residual must be True or False"),
         ({"residual_shrink": -1.0}, ValueError, "residual_shrink must be a finite number >= 0"),
+        ({"residual_dropout": 1.0}, ValueError, "residual_dropout must be a finite number >= 0.0 and < 1.0"),
+        ({"residual_dropout": 0.5, "residual": False}, ValueError, "residual_dropout needs residual=True"),
         ({"logq_correction": 1.5}, ValueError, "logq_correction must be a finite number >= 0.0 and <= 1.0"),
         ({"learning_rate": 0.0}, ValueError, "learning_rate must be a finite number > 0"),
         ({"max_steps": 0}, ValueError, "contrastive: max_steps must be a positive integer"),
@@ -341,7 +388,8 @@ def test_loop_options_are_checked():
 
 
 # -- one process or two ------------------------------------------------------------------------------
-TWO_PROCESS_PARAMS = {**FAST, "max_steps": 60, "residual": True, "batch_size": 100}
+# with residual dropout: both processes must drop the same items' residuals each step
+TWO_PROCESS_PARAMS = {**FAST, "max_steps": 60, "residual": True, "residual_dropout": 0.3, "batch_size": 100}
 
 
 def _two_process_worker(rank: int, port: int, out_dir: str) -> None:

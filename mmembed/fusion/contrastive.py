@@ -10,7 +10,10 @@ What it learns, in order:
    its own, scaled by ``count / (count + residual_shrink)`` so that rarely seen items keep
    close to what their content says (an item seen once moves its vector at most
    ``1 / (1 + residual_shrink)`` as far as a frequent one; unseen items get none); the sum
-   is L2-normalised;
+   is L2-normalised. With ``residual_dropout`` p > 0 each item's residual is left out of
+   a training step with probability p (DropoutNet's idea: the content network must then
+   place the item alone, so content carries what it can and the residual the rest);
+   the finished table always includes it;
 3. each pass, every click of every training history is a query paired with one other
    click at most ``window`` positions away (:class:`~mmembed.fusion._pairs.WindowSampler`);
    the histories of a seeded ``holdout`` share give the early-stopping loss. The
@@ -77,13 +80,36 @@ class ShrunkResidual(nn.Module):
         nn.init.zeros_(self.embedding.weight)
         self.register_buffer("shrink", torch.as_tensor(shrink, dtype=torch.float32))
 
+    def enable_dropout(self, rate: float, seed: int) -> None:
+        """Drop each item's residual from a training step with probability ``rate``
+        (DropoutNet-style: content must then stand alone). Which rows drop is a hash of
+        (row, training call, seed), so one and several processes, and a resumed fit, drop
+        the same rows; the call counter is a buffer and travels with the state dict."""
+        self.dropout_rate, self.dropout_seed = float(rate), int(seed)
+        self.register_buffer("training_calls", torch.zeros((), dtype=torch.int64))
+
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.shrink[rows, None] * self.embedding(rows)
+        scale = self.shrink[rows]
+        if self.training and getattr(self, "dropout_rate", 0.0) > 0:
+            kept = _hashed_uniform(rows, self.training_calls, self.dropout_seed) >= self.dropout_rate
+            scale = scale * kept
+            self.training_calls += 1
+        return scale[:, None] * self.embedding(rows)
 
     def vectors(self) -> np.ndarray:
         """Each item's residual as added to the network's output: (items, dim)."""
         with torch.no_grad():
             return (self.shrink[:, None] * self.embedding.weight).cpu().numpy()
+
+
+def _hashed_uniform(rows: torch.Tensor, call: torch.Tensor, seed: int) -> torch.Tensor:
+    """A uniform number in [0, 1) per row, fixed by (row, call, seed): an integer hash
+    (multiply-xorshift; int64 products wrap), its low 24 bits scaled."""
+    x = rows.to(torch.int64) * 0x9E3779B1 + call * 0x85EBCA77 + seed * 0xC2B2AE3D
+    for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x = (x ^ (x >> shift)) * factor
+    x = x ^ (x >> 16)
+    return (x & 0xFFFFFF).to(torch.float32) / float(1 << 24)
 
 
 class ContrastiveNet(nn.Module):
@@ -114,6 +140,7 @@ class ContrastiveFusion(FusionHead):
 
     def __init__(self, dim: int = 128, hidden: int = 128, window: int = 32, temperature: float = 1.0,
                  logq_correction: float = 0.0, residual: bool = True, residual_shrink: float = 5.0,
+                 residual_dropout: float = 0.0,
                  max_steps: int = 15_000, eval_every: int | None = None, batch_size: int = 1024,
                  learning_rate: float = 1e-2, weight_decay: float = 0.0, patience: int = 2,
                  holdout: float = 0.1, seed: int = 0, device: str | None = None,
@@ -137,6 +164,9 @@ class ContrastiveFusion(FusionHead):
         _check_real("temperature", self.temperature, above=0.0)
         _check_real("logq_correction", self.logq_correction, at_least=0.0, at_most=1.0)
         _check_real("residual_shrink", self.residual_shrink, at_least=0.0)
+        _check_real("residual_dropout", self.residual_dropout, at_least=0.0, below=1.0)
+        if self.residual_dropout and not self.residual:
+            raise ValueError("contrastive: residual_dropout needs residual=True (there is no residual to drop)")
         _check_real("holdout", self.holdout, at_least=0.0, below=1.0)
 
     # -- inputs --------------------------------------------------------------------------
@@ -185,7 +215,9 @@ class ContrastiveFusion(FusionHead):
         inputs = self._inputs(blocks)
         key = data_key(sequences, *inputs, np.asarray([self.window, self.temperature, self.logq_correction,
                                                        self.residual_shrink, self.holdout, self.hidden,
-                                                       self.dim, float(self.residual)]))
+                                                       self.dim, float(self.residual)]
+                                                      # only when set: older checkpoints keep their key
+                                                      + ([self.residual_dropout] if self.residual_dropout else [])))
         result = train_pairs(net, inputs, sampler, held_pairs, objective, options, log_q,
                              where=self.name, inputs_key=key)
         self.net_ = net
@@ -211,7 +243,10 @@ class ContrastiveFusion(FusionHead):
         shrink = self._shrink(counts) if self.residual else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return self.net_class(in_dims, self.hidden, self.dim, shrink)
+            net = self.net_class(in_dims, self.hidden, self.dim, shrink)
+        if shrink is not None and self.residual_dropout:
+            net.residual.enable_dropout(self.residual_dropout, self.seed)
+        return net
 
     # -- transform -----------------------------------------------------------------------
     def transform(self, features: Mapping[str, Any]) -> np.ndarray:
