@@ -4,6 +4,13 @@
     python bench/fusion_probe.py --rows contrastive,gated --seed 2
     python bench/fusion_probe.py --recipe recipes/other.yaml --run-dir runs/other
     python bench/fusion_probe.py --print-only           # the table from the results file
+    python bench/fusion_probe.py --recipe recipes/fusion_levers.yaml --rows gated,contrastive+gated,behaviour_svd
+
+Two kinds of row exist only here. ``a+b`` combines two rows' tables (or more: ``a+b+c``) as ``concat_pca`` does
+(each L2-normalised, concatenated, PCA to 128): the "combine heads" lever, screened
+without a fit. ``behaviour_svd`` (also as a part of ``a+b``) is what behaviour alone holds: the item vectors of a
+truncated SVD (64 dims) of the positive PMI of train-history co-clicks (items at most 8
+positions apart; context counts smoothed by the power 0.75), no content at all.
 
 The fusion table (``mmembed run recipes/compare_fusions.yaml``) says how far each table
 gets under the fixed DIN; this says why. For each of the recipe's rows it takes the
@@ -29,6 +36,7 @@ atomically after each row), so the table fills over several sittings.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -41,6 +49,8 @@ from encoder_probe import r2_score, ridge_predict
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "fusion_probe.json"
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "compare_fusions.yaml"
 TRAIN_FRACTION = 0.8
+BEHAVIOUR_ROW = "behaviour_svd"
+SVD_DIM, SVD_WINDOW, SVD_CONTEXT_POWER = 64, 8, 0.75
 
 
 log = logger("fusion_probe")
@@ -62,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.recipe = load_recipe(args.recipe)
     names = [e.name for e in args.recipe.embeddings]
     args.rows = names if args.rows is None else [r for r in args.rows.split(",") if r]
-    unknown = [r for r in args.rows if r not in names]
+    unknown = [r for r in args.rows if any(part not in names + [BEHAVIOUR_ROW] for part in r.split("+"))]
     if unknown:
         p.error(f"rows {unknown} are not in {args.recipe.source}; its rows: {', '.join(names)}")
     args.run_dir = Path(args.run_dir or Path("runs") / args.recipe.name)
@@ -88,6 +98,43 @@ def probe_table(table: np.ndarray, latent: np.ndarray, blocks: dict[str, tuple[i
     return out
 
 
+def combined_table(names: list[str], tables: list[np.ndarray]) -> np.ndarray:
+    """(N+1, 128) table: ``concat_pca`` over the given (N+1, d) tables' item rows."""
+    from mmembed.fusion import get_fusion
+
+    head = get_fusion("concat_pca")(dim=128)
+    fused = head.fit_transform({name: t[1:] for name, t in zip(names, tables)})
+    return np.vstack([np.zeros((1, fused.shape[1]), fused.dtype), fused])
+
+
+@functools.lru_cache(maxsize=1)
+def behaviour_svd(root: Path) -> np.ndarray:
+    """(N+1, SVD_DIM) item vectors from train-history co-clicks alone (module docstring)."""
+    import scipy.sparse as sparse
+    from scipy.sparse.linalg import svds
+
+    from mmembed.api import history_rows
+    from mmembed.datasets import ItemCatalog
+    from mmembed.datasets.histories import load_train_histories
+
+    catalog = ItemCatalog.from_dir(root, images=None)
+    n_items = len(catalog.item_ids)
+    rows = history_rows(load_train_histories(root).item_seq, catalog.item_ids).astype(np.int64)
+    pairs = [(rows[:, :-d].ravel(), rows[:, d:].ravel()) for d in range(1, SVD_WINDOW + 1)]
+    left = np.concatenate([a[(a > 0) & (b > 0) & (a != b)] for a, b in pairs]) - 1
+    right = np.concatenate([b[(a > 0) & (b > 0) & (a != b)] for a, b in pairs]) - 1
+    counts = sparse.coo_matrix((np.ones(len(left)), (left, right)), shape=(n_items, n_items)).tocsr()
+    counts = (counts + counts.T).tocoo()
+    total = counts.data.sum()
+    item_freq = np.asarray(counts.sum(axis=1)).ravel()
+    context = item_freq ** SVD_CONTEXT_POWER
+    pmi = (np.log(counts.data / total) - np.log(item_freq[counts.row] / total)
+           - np.log(context[counts.col] / context.sum()))
+    ppmi = sparse.csr_matrix((np.maximum(pmi, 0.0), (counts.row, counts.col)), shape=counts.shape)
+    u, s, _ = svds(ppmi, k=SVD_DIM, random_state=0)
+    return np.vstack([np.zeros((1, SVD_DIM)), u * np.sqrt(s)])
+
+
 def run_missing(args: argparse.Namespace) -> dict:
     from mmembed.recipes.checks import proxy_auc
     from mmembed.recipes.tables import RARE_BELOW, load_truth
@@ -105,20 +152,29 @@ def run_missing(args: argparse.Namespace) -> dict:
     blocks = {name: (int(lo), int(hi)) for name, (lo, hi) in layout["blocks"].items()}
     frequent = truth.train_target_counts[1:] >= RARE_BELOW
     specs = {e.name: e for e in args.recipe.embeddings}
-    for row in args.rows:
-        key = f"{args.recipe.name}/{row}|{args.seed}"
-        if key in results:
-            continue
+
+    def recipe_table(row: str) -> np.ndarray | None:
+        if row == BEHAVIOUR_ROW:
+            return behaviour_svd(root)
         spec = specs[row]
         stored = args.run_dir / "tables" / f"{row}-seed{args.seed}.npz"
         if args.no_fit and not spec.is_reference and not stored.is_file():
             log(f"{row}: no table built yet for seed {args.seed}, skipped (--no-fit)")
-            continue
+            return None
         table, _ = build_table(ctx, spec, args.seed, truth)  # the recipe's own, when built
-        table = truth.provided if table is None else table
+        return np.asarray(truth.provided if table is None else table)
+
+    for row in args.rows:
+        key = f"{args.recipe.name}/{row}|{args.seed}"
+        if key in results:
+            continue
+        parts = [recipe_table(part) for part in row.split("+")]
+        if any(t is None for t in parts):
+            continue
+        table = parts[0] if len(parts) == 1 else combined_table(row.split("+"), parts)
         results[key] = {"row": row, "seed": args.seed, "recipe": args.recipe.name,
                         "frequent_items": int(frequent.sum()),
-                        "r2": probe_table(np.asarray(table), truth.latent, blocks, frequent),
+                        "r2": probe_table(table, truth.latent, blocks, frequent),
                         "history_cosine_auc": proxy_auc(root, np.asarray(table))}
         store.put(key, results[key])
         log(f"{row}: probed")
