@@ -235,7 +235,7 @@ class _Killed(Exception):
     pass
 
 
-def _fit_killed_at(step: int, features, histories, checkpoint_dir, dropout: float = 0.0) -> None:
+def _fit_killed_at(step: int, features, histories, checkpoint_dir, dropout: float = 0.0, **params) -> None:
     """Fit until ``step`` training steps were taken in this call, then die as a killed run would."""
     from mmembed.fusion import _train_loop
 
@@ -250,7 +250,7 @@ def _fit_killed_at(step: int, features, histories, checkpoint_dir, dropout: floa
     _train_loop._Run._train_step = dying
     try:
         with pytest.raises(_Killed):
-            ContrastiveFusion(**RESUMABLE, residual_dropout=dropout,
+            ContrastiveFusion(**{**RESUMABLE, **params}, residual_dropout=dropout,
                               checkpoint_dir=str(checkpoint_dir)).fit(features, histories)
     finally:
         _train_loop._Run._train_step = original
@@ -282,6 +282,20 @@ def test_a_step_budget_fit_is_deterministic_and_resumes_identically(tmp_path, dr
     finally:
         _train_loop._Run._train_step = original
     np.testing.assert_array_equal(rerun.transform(features), straight.transform(features))
+
+
+def test_a_fit_killed_right_after_a_pass_ends_resumes_identically(tmp_path):
+    # evaluated (and checkpointed) at each pass's end: the checkpoint's position is the
+    # pass's last batch, and the resumed fit goes on with the next pass
+    features, histories, _ = _planted()
+    params = {**RESUMABLE, "eval_every": None}
+    straight = ContrastiveFusion(**params).fit(features, histories)
+    pass_steps = straight.history_[0]["step"]
+    assert straight.history_[1]["pass"] == 2 and straight.steps_ > pass_steps
+    _fit_killed_at(pass_steps, features, histories, tmp_path, eval_every=None)
+    resumed = ContrastiveFusion(**params, checkpoint_dir=str(tmp_path)).fit(features, histories)
+    np.testing.assert_array_equal(resumed.transform(features), straight.transform(features))
+    assert resumed.history_ == straight.history_
 
 
 def test_a_checkpoint_of_other_inputs_is_not_resumed(tmp_path, caplog):

@@ -323,6 +323,9 @@ class _Run:
                         raise ValueError(f"{self.where}: the histories hold no pair of distinct items to learn from")
                     batches = _global_batches(len(pairs), options.batch_size, options.seed, state["pass"],
                                               self.acc.num_processes)
+                if state["offset"] == len(batches):  # resumed from a checkpoint saved at a pass's end
+                    state["pass"], state["offset"], batches = state["pass"] + 1, 0, None
+                    continue
                 self._train_step(pairs[batches[state["offset"]]])
                 state["offset"] += 1
                 bar.update(1)
