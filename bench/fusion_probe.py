@@ -6,11 +6,12 @@
     python bench/fusion_probe.py --print-only           # the table from the results file
     python bench/fusion_probe.py --recipe recipes/fusion_levers.yaml --rows gated,contrastive+gated,behaviour_svd
 
-Two kinds of row exist only here. ``a+b`` combines two rows' tables (or more: ``a+b+c``) as ``concat_pca`` does
-(each L2-normalised, concatenated, PCA to 128): the "combine heads" lever, screened
-without a fit. ``behaviour_svd`` (also as a part of ``a+b``) is what behaviour alone holds: the item vectors of a
-truncated SVD (64 dims) of the positive PMI of train-history co-clicks (items at most 8
-positions apart; context counts smoothed by the power 0.75), no content at all.
+Two kinds of row exist only here. ``a+b`` combines two rows' tables (or more: ``a+b+c``)
+as ``concat_pca`` does (each L2-normalised, concatenated, PCA to 128): the "combine
+heads" lever, screened without a fit. ``behaviour_svd`` (also as a part of ``a+b``) is
+what behaviour alone holds: the item vectors of a truncated SVD (64 dims) of the positive
+PMI of train-history co-clicks (items at most 8 positions apart; context counts smoothed
+by the power 0.75), no content at all.
 
 The fusion table (``mmembed run recipes/compare_fusions.yaml``) says how far each table
 gets under the fixed DIN; this says why. For each of the recipe's rows it takes the
@@ -74,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rows = names if args.rows is None else [r for r in args.rows.split(",") if r]
     unknown = [r for r in args.rows if any(part not in names + [BEHAVIOUR_ROW] for part in r.split("+"))]
     if unknown:
-        p.error(f"rows {unknown} are not in {args.recipe.source}; its rows: {', '.join(names)}")
+        p.error(f"rows {unknown} are not in {args.recipe.source}; its rows: {', '.join(names)} "
+                f"(or several joined by '+', or {BEHAVIOUR_ROW})")
     args.run_dir = Path(args.run_dir or Path("runs") / args.recipe.name)
     args.results_file = Path(args.results_file)
     return args
