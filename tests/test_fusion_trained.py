@@ -192,6 +192,43 @@ def test_residual_dropout_changes_the_fit_and_saves_with_it(tmp_path):
     np.testing.assert_array_equal(loaded.transform(features), dropped.transform(features))
 
 
+@pytest.mark.parametrize("head_name", ["contrastive", "gated"])
+def test_residual_after_content_fits_the_content_network_alone_then_the_residual(head_name):
+    features, histories, _ = _planted()
+    params = {**FAST, "max_steps": 34, "residual": True}
+    content_only = create_fusion({"name": head_name, **params, "residual": False}).fit(features, histories)
+    staged = create_fusion({"name": head_name, **params, "residual_stage": "after"}).fit(features, histories)
+    # stage one is the content-only fit, to the bit; stage two leaves the network alone
+    content_weights = {k: v for k, v in staged.net_.state_dict().items() if not k.startswith("residual.")}
+    assert content_weights.keys() == content_only.net_.state_dict().keys()
+    for name, value in content_only.net_.state_dict().items():
+        torch.testing.assert_close(content_weights[name], value, rtol=0, atol=0)
+    # the residual learnt on top of the fixed content: seen items moved, and the held-out
+    # loss of stage two starts where stage one ended and goes below it
+    assert np.linalg.norm(staged.residual_vectors(), axis=1).max() > 0.05
+    stages = [record["stage"] for record in staged.history_]
+    assert stages == sorted(stages) and set(stages) == {1, 2}
+    best_content = min(r["held_out_loss"] for r in staged.history_ if r["stage"] == 1)
+    best_residual = min(r["held_out_loss"] for r in staged.history_ if r["stage"] == 2)
+    assert best_content == pytest.approx(min(r["held_out_loss"] for r in content_only.history_))
+    assert best_residual < best_content
+    # steps and the best step count on across the stages
+    assert staged.best_step_ > content_only.steps_ and staged.steps_ > content_only.steps_
+    assert staged.stopped_.startswith(f"content {content_only.stopped_}, residual ")
+
+
+def test_a_two_stage_fit_killed_in_its_second_stage_resumes_identically(tmp_path):
+    features, histories, _ = _planted()
+    params = {**RESUMABLE, "residual_stage": "after"}
+    straight = ContrastiveFusion(**params).fit(features, histories)
+    _fit_killed_at(70 + 25, features, histories, tmp_path, residual_stage="after")
+    assert (tmp_path / "content" / "fit_checkpoint.pt").is_file()
+    assert (tmp_path / "residual" / "fit_checkpoint.pt").is_file()
+    resumed = ContrastiveFusion(**params, checkpoint_dir=str(tmp_path)).fit(features, histories)
+    np.testing.assert_array_equal(resumed.transform(features), straight.transform(features))
+    assert resumed.history_ == straight.history_ and resumed.best_step_ == straight.best_step_
+
+
 def test_save_and_load_keep_the_residual(tmp_path):
     features, histories, _ = _planted()
     head = ContrastiveFusion(**{**FAST, "max_steps": 34, "residual": True}).fit(features, histories)
@@ -333,6 +370,10 @@ def test_bad_sequences_and_parameters_are_refused():
         ({"residual_shrink": -1.0}, ValueError, "residual_shrink must be a finite number >= 0"),
         ({"residual_dropout": 1.0}, ValueError, "residual_dropout must be a finite number >= 0.0 and < 1.0"),
         ({"residual_dropout": 0.5, "residual": False}, ValueError, "residual_dropout needs residual=True"),
+        ({"residual_stage": "first"}, ValueError, "residual_stage must be one of 'joint', 'after', got 'first'"),
+        ({"residual_stage": "after", "residual": False}, ValueError, "residual_stage='after' needs residual=True"),
+        ({"residual_stage": "after", "residual": True, "residual_dropout": 0.2}, ValueError,
+         "set residual_dropout to 0"),
         ({"logq_correction": 1.5}, ValueError, "logq_correction must be a finite number >= 0.0 and <= 1.0"),
         ({"learning_rate": 0.0}, ValueError, "learning_rate must be a finite number > 0"),
         ({"max_steps": 0}, ValueError, "contrastive: max_steps must be a positive integer"),

@@ -254,11 +254,15 @@ def train_pairs(module: nn.Module, blocks: list[np.ndarray], sampler: Callable[[
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             module, [f"{name}.weight" for name, _ in tables])
     table_ids = {id(p) for _, p in tables}
-    optimizers = [torch.optim.AdamW([p for p in module.parameters() if id(p) not in table_ids],
-                                    lr=options.learning_rate, weight_decay=options.weight_decay)]
+    dense = [p for p in module.parameters() if id(p) not in table_ids and p.requires_grad]
+    optimizers = [torch.optim.AdamW(dense, lr=options.learning_rate, weight_decay=options.weight_decay)] if dense else []
     if tables:
         optimizers.append(torch.optim.SparseAdam([p for _, p in tables], lr=options.learning_rate))
-    model, *optimizers = acc.prepare(module, *optimizers)
+    if dense:
+        model, *optimizers = acc.prepare(module, *optimizers)
+    else:  # per-item tables only: nothing for DDP to sync (their gradients are summed by hand)
+        model = module.to(acc.device)
+        optimizers = [acc.prepare(optimizer) for optimizer in optimizers]
     torch_blocks = [torch.as_tensor(b, device=acc.device) for b in blocks]
     step = _Step(acc, torch_blocks, None if log_q is None else torch.as_tensor(log_q, device=acc.device),
                  objective, [p for _, p in tables])

@@ -13,7 +13,11 @@ What it learns, in order:
    is L2-normalised. With ``residual_dropout`` p > 0 each item's residual is left out of
    a training step with probability p (DropoutNet's idea: the content network must then
    place the item alone, so content carries what it can and the residual the rest);
-   the finished table always includes it;
+   the finished table always includes it. With ``residual_stage="after"`` the two do
+   not compete at all: the network is fitted first on content alone, then every item's
+   content vector is held fixed and only the residual is fitted, on what content left
+   of the co-clicks (each stage with the step budget; the default ``"joint"`` fits both
+   together);
 3. each pass, every click of every training history is a query paired with one other
    click at most ``window`` positions away (:class:`~mmembed.fusion._pairs.WindowSampler`);
    the histories of a seeded ``holdout`` share give the early-stopping loss. The
@@ -46,9 +50,11 @@ several processes give the same head up to float rounding).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -60,12 +66,13 @@ from mmembed.fusion import register_fusion
 from mmembed.fusion._pairs import (WindowSampler, check_sequences, count_log_q, item_counts,
                                    split_histories)
 from mmembed.fusion._checkpoint import data_key
-from mmembed.fusion._train_loop import LoopOptions, info_nce, train_pairs
+from mmembed.fusion._train_loop import LoopOptions, LoopResult, info_nce, train_pairs
 from mmembed.fusion.base import FeatureBlock, FusionHead, as_blocks
 
 logger = logging.getLogger(__name__)
 
 _CHUNK_ROWS = 8192
+RESIDUAL_STAGES = ("joint", "after")
 
 
 class ShrunkResidual(nn.Module):
@@ -112,7 +119,23 @@ def _hashed_uniform(rows: torch.Tensor, call: torch.Tensor, seed: int) -> torch.
     return (x & 0xFFFFFF).to(torch.float32) / float(1 << 24)
 
 
-class ContrastiveNet(nn.Module):
+class ResidualNet(nn.Module):
+    """What the trained heads' networks share: ``content(blocks)``, a vector per item from
+    its features, plus the item's shrunk residual when there is one, L2-normalised."""
+
+    residual: ShrunkResidual | None
+
+    def content(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, blocks: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        out = self.content(blocks)
+        if self.residual is not None:
+            out = out + self.residual(rows)
+        return nn.functional.normalize(out, dim=1)
+
+
+class ContrastiveNet(ResidualNet):
     """Concatenated blocks -> Linear -> GELU -> Linear (+ shrunk per-item residual) -> unit vectors."""
 
     def __init__(self, in_dims: list[int], hidden: int, dim: int, shrink: np.ndarray | None) -> None:
@@ -120,11 +143,21 @@ class ContrastiveNet(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(sum(in_dims), hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.residual = None if shrink is None else ShrunkResidual(shrink, dim)
 
+    def content(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        return self.mlp(torch.cat(blocks, dim=1))
+
+
+class FrozenContent(nn.Module):
+    """The second stage of ``residual_stage="after"``: every item's content vector fixed
+    (computed once by the trained network), only the residual learns."""
+
+    def __init__(self, content: torch.Tensor, residual: ShrunkResidual) -> None:
+        super().__init__()
+        self.register_buffer("content", content, persistent=False)  # derived: not checkpointed
+        self.residual = residual
+
     def forward(self, blocks: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-        out = self.mlp(torch.cat(blocks, dim=1))
-        if self.residual is not None:
-            out = out + self.residual(rows)
-        return nn.functional.normalize(out, dim=1)
+        return nn.functional.normalize(self.content[rows] + self.residual(rows), dim=1)
 
 
 @register_fusion("contrastive")
@@ -140,7 +173,7 @@ class ContrastiveFusion(FusionHead):
 
     def __init__(self, dim: int = 128, hidden: int = 128, window: int = 32, temperature: float = 1.0,
                  logq_correction: float = 0.0, residual: bool = True, residual_shrink: float = 5.0,
-                 residual_dropout: float = 0.0,
+                 residual_dropout: float = 0.0, residual_stage: str = "joint",
                  max_steps: int = 15_000, eval_every: int | None = None, batch_size: int = 1024,
                  learning_rate: float = 1e-2, weight_decay: float = 0.0, patience: int = 2,
                  holdout: float = 0.1, seed: int = 0, device: str | None = None,
@@ -167,6 +200,14 @@ class ContrastiveFusion(FusionHead):
         _check_real("residual_dropout", self.residual_dropout, at_least=0.0, below=1.0)
         if self.residual_dropout and not self.residual:
             raise ValueError("contrastive: residual_dropout needs residual=True (there is no residual to drop)")
+        if self.residual_stage not in RESIDUAL_STAGES:
+            raise ValueError(f"contrastive: residual_stage must be one of {', '.join(map(repr, RESIDUAL_STAGES))}, "
+                             f"got {self.residual_stage!r}")
+        if self.residual_stage == "after" and not self.residual:
+            raise ValueError("contrastive: residual_stage='after' needs residual=True (there is no residual to fit)")
+        if self.residual_stage == "after" and self.residual_dropout:
+            raise ValueError("contrastive: residual_stage='after' already fits the content network without the "
+                             "residual; set residual_dropout to 0")
         _check_real("holdout", self.holdout, at_least=0.0, below=1.0)
 
     # -- inputs --------------------------------------------------------------------------
@@ -217,9 +258,14 @@ class ContrastiveFusion(FusionHead):
                                                        self.residual_shrink, self.holdout, self.hidden,
                                                        self.dim, float(self.residual)]
                                                       # only when set: older checkpoints keep their key
-                                                      + ([self.residual_dropout] if self.residual_dropout else [])))
-        result = train_pairs(net, inputs, sampler, held_pairs, objective, options, log_q,
-                             where=self.name, inputs_key=key)
+                                                      + ([self.residual_dropout] if self.residual_dropout else [])
+                                                      + ([1.0] if self.residual_stage == "after" else [])))
+        if self.residual_stage == "after":
+            result = self._fit_residual_after_content(net, inputs, (sampler, held_pairs, objective), options,
+                                                      log_q, key)
+        else:
+            result = train_pairs(net, inputs, sampler, held_pairs, objective, options, log_q,
+                                 where=self.name, inputs_key=key)
         self.net_ = net
         self.n_items_ = n_items
         self.n_pairs_ = len(sampler)
@@ -233,6 +279,32 @@ class ContrastiveFusion(FusionHead):
         logger.info("%s: best at step %d of %d (%s); %d of %d items in the training histories",
                     self.name, result.best_step, result.steps, result.stopped, self.n_fit_items_, n_items)
         return self
+
+    def _fit_residual_after_content(self, net: ResidualNet, inputs: list[np.ndarray], task: tuple,
+                                    options: LoopOptions, log_q: np.ndarray | None, key: str) -> LoopResult:
+        """``residual_stage="after"``: the network learns from content alone first; then every
+        item's content vector is fixed and the residual learns what those leave of the
+        co-clicks, so that neither takes them from the other. Each stage has the step budget
+        and its own checkpoint folder."""
+        def stage(name: str) -> LoopOptions:
+            folder = self.checkpoint_dir and str(Path(self.checkpoint_dir) / name)
+            return dataclasses.replace(options, checkpoint_dir=folder)
+
+        residual, net.residual = net.residual, None
+        first = train_pairs(net, inputs, *task, stage("content"), log_q, where=f"{self.name} content",
+                            inputs_key=key)
+        net.residual = residual
+        with torch.no_grad():
+            content = torch.cat([net.content([torch.as_tensor(x[start: start + _CHUNK_ROWS]) for x in inputs])
+                                 for start in range(0, len(inputs[0]), _CHUNK_ROWS)])
+        second = train_pairs(FrozenContent(content, residual), [], *task, stage("residual"), log_q,
+                             where=f"{self.name} residual", inputs_key=key)
+        history = [{**record, "stage": 1} for record in first.history] + [
+            {**record, "step": record["step"] + first.steps, "stage": 2} for record in second.history]
+        return LoopResult(history=history, best_step=first.steps + second.best_step,
+                          steps=first.steps + second.steps,
+                          stopped=f"content {first.stopped}, residual {second.stopped}",
+                          processes=second.processes)
 
     def _shrink(self, counts: np.ndarray) -> np.ndarray:
         return (counts / (counts + self.residual_shrink)).astype(np.float32) if self.residual_shrink else (

@@ -26,12 +26,12 @@ from torch import nn
 
 from mmembed.fusion import register_fusion
 from mmembed.fusion.base import FeatureBlock
-from mmembed.fusion.contrastive import ContrastiveFusion, ShrunkResidual
+from mmembed.fusion.contrastive import ContrastiveFusion, ResidualNet, ShrunkResidual
 
 logger = logging.getLogger(__name__)
 
 
-class GatedNet(nn.Module):
+class GatedNet(ResidualNet):
     """Per-encoder projections mixed by a per-item softmax gate (+ shrunk residual)."""
 
     def __init__(self, in_dims: list[int], hidden: int, dim: int, shrink: np.ndarray | None) -> None:
@@ -49,13 +49,10 @@ class GatedNet(nn.Module):
         present = present | ~present.any(dim=1, keepdim=True)
         return torch.softmax(logits.masked_fill(~present, float("-inf")), dim=1)
 
-    def forward(self, blocks: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    def content(self, blocks: list[torch.Tensor]) -> torch.Tensor:
         projected = torch.stack([nn.functional.normalize(proj(b), dim=1)
                                  for proj, b in zip(self.projections, blocks)], dim=1)  # (B, K, dim)
-        out = (self.gates(blocks).unsqueeze(-1) * projected).sum(dim=1)
-        if self.residual is not None:
-            out = out + self.residual(rows)
-        return nn.functional.normalize(out, dim=1)
+        return (self.gates(blocks).unsqueeze(-1) * projected).sum(dim=1)
 
 
 @register_fusion("gated")
