@@ -64,6 +64,21 @@ class ItemEmbeddings:
     def __len__(self) -> int:
         return int(len(self.ids))
 
+    def __repr__(self) -> str:  # a summary: the dataclass's would print every array
+        encoders = self.provenance.get("encoders") or []
+        parts = [f"{len(self)} items x {self.vectors.shape[1] if self.vectors.ndim == 2 else '?'}"]
+        if encoders:
+            parts.append("encoders " + ", ".join(
+                e.get("label", e.get("name", "?")) + (" (RANDOM weights)" if e.get("untrained") else "")
+                for e in encoders))
+        fusion = self.provenance.get("fusion")
+        parts.append(f"fusion {fusion['name']}" if fusion else "no fusion")
+        if self.codes is not None:
+            parts.append(f"codes {self.codes.shape[1]} levels")
+        if self.source_dir is not None:
+            parts.append(f"from {self.source_dir}")
+        return f"ItemEmbeddings({'; '.join(parts)})"
+
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])

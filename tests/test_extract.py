@@ -67,6 +67,14 @@ def test_extract_shapes_provenance_and_fusion(extracted, tiny_root):
         np.testing.assert_array_equal(feats[name].valid[sample], direct.valid)
 
 
+def test_repr_summarises_and_names_random_weights(extracted, tiny_root):
+    emb, _ = extracted
+    text = repr(emb)
+    assert text == (f"ItemEmbeddings({len(emb)} items x 128; encoders sbert, clip (RANDOM weights); "
+                    f"fusion concat_pca; from {emb.source_dir})")
+    assert "array" not in text
+
+
 def test_second_extract_uses_the_cache(extracted, tiny_root, monkeypatch):
     emb, cache = extracted
     from mmembed.encoders.base import Encoder
