@@ -32,7 +32,9 @@ What it learns, in order:
 Defaults, measured with the history proxy AUC on synthetic ``small`` (bench/history_proxy.py;
 cosine of a validation row's mean history vector and its target): the temperature is
 fixed at 1.0 (0.1 gave 0.56-0.63, 0.5 and 2.0 less than 1.0: co-click affinities are mild,
-and a cold softmax chases the few sharp pairs); ``logq_correction`` (0..1, the weight of
+and a cold softmax chases the few sharp pairs; measured for this head before it had a
+residual: ``gated`` with its residual reads 0.724 at 0.5 against 0.716 at 1.0,
+docs/fusion.md); ``logq_correction`` (0..1, the weight of
 the sampled-softmax log-q term, see :func:`~mmembed.fusion._train_loop.info_nce`) is off:
 the full correction recovers popularity-laden scores and cost 0.03-0.08 of proxy AUC
 against plain in-batch negatives, which already divide popularity out; the residual is on
