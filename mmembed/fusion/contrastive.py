@@ -57,7 +57,7 @@ import functools
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -122,13 +122,12 @@ def _hashed_uniform(rows: torch.Tensor, call: torch.Tensor, seed: int) -> torch.
 
 
 class ResidualNet(nn.Module):
-    """What the trained heads' networks share: ``content(blocks)``, a vector per item from
-    its features, plus the item's shrunk residual when there is one, L2-normalised."""
+    """What the trained heads' networks share: ``content(blocks)`` (each subclass defines
+    it), a vector per item from its features, plus the item's shrunk residual when there
+    is one, L2-normalised."""
 
     residual: ShrunkResidual | None
-
-    def content(self, blocks: list[torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+    content: Callable[[list[torch.Tensor]], torch.Tensor]
 
     def forward(self, blocks: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
         out = self.content(blocks)
