@@ -57,6 +57,43 @@ def test_a_recipe_parses_into_frozen_specs(tmp_path):
     assert parse_recipe(recipe.to_dict()).to_dict() == recipe.to_dict()
 
 
+def test_models_selects_part_of_a_recipe_by_label_and_keeps_its_baselines(tmp_path):
+    path = _write(tmp_path / "t2.yaml", """
+        name: t2
+        embeddings: [provided]
+        models:
+          - {name: din, label: din, task1: false}
+          - {name: din, label: din+user, task1: false, settings: {user_id: true}, compare_to: din}
+          - {name: qin, label: qin, task1: false}
+          - {name: qin, label: qin+user, task1: false, settings: {user_id: true}, compare_to: qin}
+        """)
+    whole = load_recipe(path)
+    part = load_recipe(path, models=["qin+user", "qin"])
+    assert [m.label for m in part.models] == ["qin", "qin+user"]  # the recipe's order, not the list's
+    assert part.models == whole.models[2:] and part.embeddings == whole.embeddings
+    assert [m.folder for m in part.models] == ["qin", "qin+user"]  # the same run folders as the whole
+    with pytest.raises(RecipeError, match=r"no model labelled 'qin\+usr'; did you mean 'qin\+user'\? "
+                                          r"\(its models: din, din\+user, qin, qin\+user\)"):
+        load_recipe(path, models=["qin+usr"])
+    with pytest.raises(RecipeError, match=r"'din\+user' is compared with 'din', which the selection leaves out"):
+        load_recipe(path, models=["din+user"])
+    with pytest.raises(RecipeError, match="no model selected"):
+        load_recipe(path, models=[])
+
+
+def test_mmembed_run_models_option_reaches_the_recipe(tmp_path, monkeypatch, capsys):
+    from mmembed.cli import main
+    from mmembed.recipes import cli as recipes_cli
+
+    seen = {}
+    monkeypatch.setattr(recipes_cli, "run_and_report", lambda recipe, run_dir, **kw: seen.update(recipe=recipe))
+    path = _recipe_file(tmp_path, "/data")
+    assert main(["run", str(path), "--models", "din", "--out", str(tmp_path / "run")]) == 0
+    assert [m.folder for m in seen["recipe"].models] == ["din"]
+    assert main(["run", str(path), "--models", "dni", "--out", str(tmp_path / "run")]) != 0
+    assert "no model labelled 'dni'; did you mean 'din'?" in capsys.readouterr().err
+
+
 def test_unknown_keys_name_the_nearest_valid_one(tmp_path):
     path = _write(tmp_path / "r.yaml", "embedings: [provided]\n")
     with pytest.raises(RecipeError, match=r"r.yaml: unknown key 'embedings'; did you mean 'embeddings'\?"):

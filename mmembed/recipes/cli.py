@@ -11,6 +11,7 @@ EXAMPLE = """example:
   mmembed run recipes/demo.yaml
   mmembed run recipes/compare_fusions.yaml --set seeds=[1,2,3] --set data.synthetic=tiny
   mmembed run my.yaml --out runs/mine        # rerun: computes only what is missing
+  mmembed run recipes/task2_toolbox.yaml --models din,din+codes   # part of a recipe's models
 """
 
 REPORT_EXAMPLE = """example:
@@ -34,6 +35,9 @@ def add_run_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="a recipe YAML file (see recipes/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a recipe value, repeatable (e.g. seeds=[1,2], models.0.max_epochs=1)")
+    p.add_argument("--models", metavar="LABEL,...",
+                   help="run only these CTR models of the recipe (their labels, comma-separated); a "
+                        "later run of the whole recipe in the same folder reuses their runs")
     p.add_argument("--out", help="run folder (default runs/<recipe name>)")
     p.add_argument("--cache-dir", help="synthetic data and feature cache (default: <run folder>/../.cache)")
     p.set_defaults(func=cmd_run)
@@ -54,7 +58,8 @@ def add_report_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from mmembed.recipes import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    recipe = load_recipe(args.recipe, args.overrides, models=models)
     run_dir = Path(args.out) if args.out else Path("runs") / recipe.name
     run_and_report(recipe, run_dir, cache_dir=args.cache_dir, progress=not args.quiet)
     return 0

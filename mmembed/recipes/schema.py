@@ -33,6 +33,7 @@ an error naming the file, where the key is, and the nearest valid key.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ import yaml
 
 from mmembed.recipes.compare import default_baseline
 
-__all__ = ["Recipe", "DataSpec", "EmbeddingSpec", "ModelSpec", "RecipeError", "load_recipe",
+__all__ = ["Recipe", "DataSpec", "EmbeddingSpec", "ModelSpec", "RecipeError", "load_recipe", "select_models",
            "parse_recipe", "apply_override", "REFERENCE_TABLES", "CHECKS"]
 
 #: Embedding tables that need no encoder: the dataset's own, a random floor, and on
@@ -157,13 +158,39 @@ def _embedding_dict(e: EmbeddingSpec) -> Any:
 # --------------------------------------------------------------------------- loading
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a recipe file, resolve ``extends``, apply ``key.path=value`` overrides, check it."""
+def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
+                models: list[str] | tuple[str, ...] | None = None) -> Recipe:
+    """Read a recipe file, resolve ``extends``, apply ``key.path=value`` overrides, check it;
+    ``models``: keep only the CTR models with these labels (:func:`select_models`)."""
     path = Path(path)
     raw = _read_with_extends(path, chain=())
     for item in overrides:
         apply_override(raw, item)
-    return parse_recipe(raw, source=str(path))
+    recipe = parse_recipe(raw, source=str(path))
+    return recipe if models is None else select_models(recipe, models)
+
+
+def select_models(recipe: Recipe, labels: list[str] | tuple[str, ...]) -> Recipe:
+    """The recipe with only the CTR models given (each by its `label:`, or its name where it
+    has none), in the recipe's order: a run of part of a long recipe, whose runs are the
+    full recipe's, so that a later full run reuses them. A kept model's ``compare_to`` must
+    be kept too."""
+    known = [m.folder for m in recipe.models]
+    for label in labels:
+        if label not in known:
+            near = difflib.get_close_matches(label, known, n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise RecipeError(f"{recipe.source}: no model labelled {label!r}{hint} "
+                              f"(its models: {', '.join(known)})")
+    kept = tuple(m for m in recipe.models if m.folder in labels)
+    kept_labels = {m.label for m in kept}
+    for m in kept:
+        if m.compare_to is not None and m.compare_to not in kept_labels:
+            raise RecipeError(f"{recipe.source}: model {m.label!r} is compared with {m.compare_to!r}, which "
+                              f"the selection leaves out: add {m.compare_to!r} to the models to run")
+    if not kept:
+        raise RecipeError(f"{recipe.source}: no model selected (its models: {', '.join(known)})")
+    return dataclasses.replace(recipe, models=kept)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
