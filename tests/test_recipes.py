@@ -94,6 +94,18 @@ def test_mmembed_run_models_option_reaches_the_recipe(tmp_path, monkeypatch, cap
     assert "no model labelled 'dni'; did you mean 'din'?" in capsys.readouterr().err
 
 
+def test_a_task1_model_submits_to_task1_whatever_its_table(tmp_path):
+    from mmembed.recipes.runner import submission_task
+
+    recipe = load_recipe(_write(tmp_path / "r.yaml", """
+        embeddings: [provided, random]
+        models: [{name: din, settings: {batch_size: 1024}}, {name: din, label: free, task1: false}]
+        """))
+    fixed, free = recipe.models
+    assert [submission_task(fixed, e) for e in recipe.embeddings] == ["Task1", "Task1"]
+    assert [submission_task(free, e) for e in recipe.embeddings] == ["Task2", "Task1&2"]
+
+
 def test_unknown_keys_name_the_nearest_valid_one(tmp_path):
     path = _write(tmp_path / "r.yaml", "embedings: [provided]\n")
     with pytest.raises(RecipeError, match=r"r.yaml: unknown key 'embedings'; did you mean 'embeddings'\?"):
@@ -197,6 +209,12 @@ def test_a_tiny_recipe_runs_end_to_end_and_a_rerun_computes_nothing(tiny_root, t
         assert (run / name).is_file(), name
     summary = (run / "summary.md").read_text()
     assert "| din (task 2) | oracle | 1 |" in summary and "| provided | 1 | " in summary
+    # each run's test submission names its leaderboard: a free model over the organisers'
+    # embedding is Task 2, over one's own Task 1&2
+    from ctr_eval.submission import read_submission
+
+    for name, task in (("provided", "Task2"), ("sbert_pca", "Task1&2")):
+        assert read_submission(run / "ctr" / "din" / name / "seed1" / "test" / "submission.zip")[0] == task
     # paired intervals: each record's DeLong covariances with the others, from the best
     # epoch's saved valid scores (their AUC is the record's)
     import pyarrow.parquet as pq

@@ -227,7 +227,7 @@ def run_model(ctx: RunContext, model: ModelSpec, spec: EmbeddingSpec, seed: int,
                "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
                "train_seconds": sum(h["train_seconds"] for h in result["history"]),
                "history": [{"epoch": h["epoch"], "valid_auc": h["valid_auc"]} for h in result["history"]],
-               **score_run(run_dir, ctx.root, truth)}
+               **score_run(run_dir, ctx.root, truth, task=submission_task(model, spec))}
     write_json(done, {"key": key, "metrics": metrics})
     return metrics
 
@@ -399,6 +399,20 @@ def _naming(where: str) -> Iterator[None]:
         raise type(err)(f"{where}: {err}") from err
 
 
+def is_task1(model: ModelSpec) -> bool:
+    """Whether a recipe model is the fixed Task 1 DIN (``task1:``, by default for din)."""
+    return model.task1 if model.task1 is not None else model.name == "din"
+
+
+def submission_task(model: ModelSpec, spec: EmbeddingSpec) -> str:
+    """The challenge's leaderboard a run's test submission belongs to: Task1 (an embedding
+    under the fixed DIN), Task2 (a free CTR model over the organisers' embedding) or
+    Task1&2 (a free model over one's own)."""
+    if is_task1(model):
+        return "Task1"
+    return "Task2" if spec.name == "provided" else "Task1&2"
+
+
 def task1_settings(model: ModelSpec) -> tuple[dict, bool | None]:
     """(settings, task1 flag to run with) of a recipe model. Task 1 mode locks every field
     but the five tunables, the seed included; a recipe's seeds still have to vary the run,
@@ -406,7 +420,7 @@ def task1_settings(model: ModelSpec) -> tuple[dict, bool | None]:
     the tunables: the fixed DIN with another seed."""
     from ctr_eval.config import TASK1_TUNABLE
 
-    task1 = model.task1 if model.task1 is not None else model.name == "din"
+    task1 = is_task1(model)
     settings = dict(model.settings)
     if task1:
         locked = sorted(set(settings) - TASK1_TUNABLE)

@@ -136,15 +136,18 @@ def table_codes(table: np.ndarray, params: Mapping[str, Any], seed: int) -> tupl
     return codes, head.diagnostics()
 
 
-def score_run(run_dir: str | Path, root: str | Path, truth: Truth, progress: bool = False) -> dict:
+def score_run(run_dir: str | Path, root: str | Path, truth: Truth, progress: bool = False,
+              task: str = "Task1") -> dict:
     """Test-set figures of a finished ``ctr_eval`` run: AUC against the oracle labels, and
-    on rows whose target is rare in train. Empty when the data has no test labels."""
+    on rows whose target is rare in train. Empty when the data has no test labels. The
+    run's ``test/submission.zip`` is written on the way, its column named ``task``."""
     if truth.test_labels is None or not len(truth.test_targets):
         return {}
     import ctr_eval
     from ctr_eval.submission import read_submission
 
-    zip_path = ctr_eval.predict(run_dir, root, out_dir=Path(run_dir) / "test", split="test", progress=progress)
+    zip_path = ctr_eval.predict(run_dir, root, task=task, out_dir=Path(run_dir) / "test", split="test",
+                                progress=progress)
     _, scores = read_submission(zip_path)
     labels, rare = truth.test_labels, truth.rare_test
     out = {"test_auc": ctr_eval.auc(labels, scores), "rare_test_rows": int(rare.sum())}
