@@ -102,6 +102,19 @@ def test_a_model_compared_with_another_model_on_the_same_table():
     assert "| qin | head | 3 | 0.7000 ± 0.0100 | baseline |" in text
     assert f"| qin+codes | head | 3 | 0.7200 ± 0.0150 | {diffs.mean():+.4f} [" in text
     assert "minus that of qin on head" in text
+    # the test AUC's paired difference beside the validation's
+    test_base, test_more = [0.68, 0.70, 0.69], [0.69, 0.72, 0.695]
+    for r in records:
+        r["test_auc"] = (test_more if r["model"] == "qin+codes" else test_base)[r["seed"] - 1]
+    test_diffs = np.subtract(test_more, test_base)
+    got = summary_rows(records)[1]["test_vs_baseline"]
+    assert got.estimate == pytest.approx(test_diffs.mean()) and got.low < 0 < got.high
+    text = format_summary(records)
+    test_cell = f"{np.mean(test_more):.4f} ± {np.std(test_more, ddof=1):.4f}"
+    assert f"| {test_cell} | {test_diffs.mean():+.4f} [{got.low:+.4f}, {got.high:+.4f}] |" in text
+    assert "(test: the same on the test rows)" in text
+    # one reason, said once for the models it holds for
+    assert "Gap closed not shown (qin, qin+codes: needs the random and oracle rows)" in text
     one_seed = [r for r in records if r["seed"] == 1]  # two models, one seed: no interval, not zero
     assert summary_rows(one_seed)[1]["vs_baseline"] is None
     with pytest.raises(RecipeError, match=r"models\[1\].compare_to \(another model's label\): unknown key 'qn'"):

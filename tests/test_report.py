@@ -169,10 +169,17 @@ def test_missing_pieces_are_said_not_computed(run, tmp_path):
         r.pop("test_auc"), r.pop("rare_test_auc", None), r.pop("rare_test_rows")
     (copy / "metrics.json").write_text(json.dumps(records))
     shutil.rmtree(copy / "checks")
-    html = write_report(copy).read_text(encoding="utf-8")
+    index = write_report(copy)
+    html, md = index.read_text(encoding="utf-8"), (index.parent / "summary.md").read_text(encoding="utf-8")
     for embedding in EMBEDDINGS:
         row = _row(html, embedding)
-        assert row.count('<td class="nc">not computed</td>') == 3  # gap closed (no oracle), test and rare AUC
+        # gap closed (no oracle), test AUC, its difference to the baseline (but on the baseline's row), rare AUC
+        assert row.count('<td class="nc">not computed</td>') == (3 if embedding == "provided" else 4)
+    # the Markdown table leaves those columns out and says so
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    assert "test AUC" not in header and "proxy AUC" in header
+    assert ("Not computed for any row: gap closed, test AUC, test vs baseline (95% CI), "
+            "rare-item test AUC") in md
     assert html.count("not computed: the recipe ran no neighbour checks") == 2  # metrics and examples
     assert "auc.png" in _img_srcs(html) and not (copy / "report" / "thumbs").exists()
 

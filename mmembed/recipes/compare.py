@@ -63,8 +63,8 @@ def default_baseline(embeddings: Sequence[str]) -> str | None:
     return None
 
 
-def _by_seed(records: Iterable[dict]) -> dict[int, dict]:
-    return {r["seed"]: r for r in records if r.get("valid_auc") is not None}
+def _by_seed(records: Iterable[dict], key: str = "valid_auc") -> dict[int, dict]:
+    return {r["seed"]: r for r in records if r.get(key) is not None}
 
 
 def _t_interval(values: list[float], seeds: int) -> Interval:
@@ -85,15 +85,16 @@ def _cov(record: dict, other: str) -> float | None:
     return None if value is None else float(value)
 
 
-def paired_difference(rows: Sequence[dict], base: Sequence[dict]) -> Interval | None:
-    """valid AUC of ``rows`` minus that of ``base`` (the seeds both have); None when they
-    share no seed, or share one seed without DeLong covariances (always so for two
-    models: the covariances pair tables judged by one model)."""
-    a, b = _by_seed(rows), _by_seed(base)
+def paired_difference(rows: Sequence[dict], base: Sequence[dict], key: str = "valid_auc") -> Interval | None:
+    """``key`` (valid AUC by default) of ``rows`` minus that of ``base`` (the seeds both
+    have); None when they share no seed, or share one seed without DeLong covariances
+    (always so for two models, whose rows the covariances do not pair, and for any key but
+    valid AUC, the only one they are kept for)."""
+    a, b = _by_seed(rows, key), _by_seed(base, key)
     seeds = sorted(set(a) & set(b))
     if len(seeds) >= 2:
-        return _t_interval([a[s]["valid_auc"] - b[s]["valid_auc"] for s in seeds], len(seeds))
-    if not seeds:
+        return _t_interval([a[s][key] - b[s][key] for s in seeds], len(seeds))
+    if not seeds or key != "valid_auc":
         return None
     ra, rb = a[seeds[0]], b[seeds[0]]
     if ra.get("model") != rb.get("model"):

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ import yaml
 
 from ctr_eval.format import atomic_path
 from mmembed.recipes import report_plots as plots
-from mmembed.recipes.results import (SUMMARY_HEADER, interval_note, judge_notes, spearman_note, summary_cells,
-                                     summary_rows)
+from mmembed.recipes.results import (dropped_note, interval_note, judge_notes, spearman_note, summary_rows,
+                                     summary_table)
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ def _cell(text: str, name: bool = False) -> str:
     return f'<td class="name">{text}</td>' if name else f"<td>{_e(text)}</td>"
 
 
-def _table(header: tuple, body: list[str], klass: str = "") -> str:
+def _table(header: Sequence[str], body: list[str], klass: str = "") -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     return f'<table class="{klass}"><tr>{head}</tr>{"".join(body)}</table>'
 
@@ -259,14 +260,14 @@ def _knn_cells(row: dict) -> list[str]:
 def _html_comparison(content: dict) -> str:
     if not content["rows"]:
         return f'<p class="nc">{NOT_COMPUTED}: the run has no CTR results (metrics.json is missing or empty)</p>'
+    header, table, _ = summary_table(content["rows"], flag_untrained=False, drop_empty=False)
     body = []
-    for row in content["rows"]:
-        cells = summary_cells(row, flag_untrained=False)
+    for row, cells in zip(content["rows"], table):
         body.append("<tr>" + _cell(_e(cells[0]), True) + _cell(_name(row["embedding"], row["untrained"]), True)
                     + "".join(_cell(c) for c in cells[2:]) + "</tr>")
     notes = [n for n in (interval_note(content["rows"]), spearman_note(content["rows"])) if n]
     warnings = "".join(f'<p class="warn">⚠ {_e(w)}.</p>' for w in judge_notes(content["rows"]))
-    return _table(SUMMARY_HEADER, body) + warnings + "".join(f"<p>{_e(n)}.</p>" for n in notes)
+    return _table(header, body) + warnings + "".join(f"<p>{_e(n)}.</p>" for n in notes)
 
 
 def _no_checks(content: dict) -> str:
@@ -359,7 +360,7 @@ def render_html(content: dict) -> str:
             f"<h2>Provenance</h2>{_html_provenance(run)}</body></html>\n")
 
 
-def _md_table(header: tuple, rows: list[list[str]]) -> list[str]:
+def _md_table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + \
         ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -371,8 +372,10 @@ def _md_name(embedding: str, untrained: bool) -> str:
 def _md_tables(content: dict) -> list[str]:
     lines = []
     if content["rows"]:
-        lines += _md_table(SUMMARY_HEADER, [summary_cells(r) for r in content["rows"]])
-        notes = [n for n in (interval_note(content["rows"]), spearman_note(content["rows"])) if n]
+        header, table, dropped = summary_table(content["rows"])
+        lines += _md_table(header, table)
+        notes = [n for n in (interval_note(content["rows"]), spearman_note(content["rows"]),
+                             dropped_note(dropped)) if n]
         lines += ["", f"`-`: {NOT_COMPUTED}." + "".join(f" {n}." for n in notes)]
         lines += [line for warning in judge_notes(content["rows"]) for line in ("", f"**Warning**: {warning}.")]
     else:

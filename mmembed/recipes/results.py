@@ -19,7 +19,7 @@ _COLUMNS = ("embedding", "model", "seed", "valid_auc", "valid_logloss", "test_au
             "epochs_run", "best_epoch", "untrained",
             # the row's (model, embedding) comparison, repeated on each of its seeds' lines
             "baseline", "diff_to_baseline", "diff_low", "diff_high", "interval", "verdict",
-            "gap_closed", "gap_low", "gap_high")
+            "gap_closed", "gap_low", "gap_high", "test_diff_to_baseline", "test_diff_low", "test_diff_high")
 
 
 def _csv_lines(records: list[dict]) -> list[dict]:
@@ -33,6 +33,9 @@ def _csv_lines(records: list[dict]) -> list[dict]:
                           interval=diff.method_text, verdict=diff.verdict if not row["is_baseline"] else "baseline")
         if gap is not None:
             shared.update(gap_closed=gap.estimate, gap_low=gap.low, gap_high=gap.high)
+        test = row["test_vs_baseline"]
+        if test is not None:
+            shared.update(test_diff_to_baseline=test.estimate, test_diff_low=test.low, test_diff_high=test.high)
         shared_of[row["model"], row["embedding"]] = shared
     return [{**r, **shared_of[r["model"], r["embedding"]]} for r in records]  # run order
 
@@ -83,13 +86,15 @@ def summary_rows(records: list[dict]) -> list[dict]:
         same_model = {r["embedding"]: r["records"] for r in rows if r["model"] == row["model"]}
         row["baseline"] = baseline if baseline in same_model else None
         row["is_baseline"] = row["embedding"] == row["baseline"]
-        row["vs_baseline"] = (paired_difference(row["records"], same_model[baseline])
-                              if row["baseline"] else None)
+        base_records = same_model[baseline] if row["baseline"] else None
         base_model = by_key.get((compared.get(row["model"]), row["embedding"]))
         if base_model is not None:  # a model compared with another model on the same table
             row["baseline"] = f"{base_model['model']} on {row['embedding']}"
             row["is_baseline"] = False
-            row["vs_baseline"] = paired_difference(row["records"], base_model["records"])
+            base_records = base_model["records"]
+        row["vs_baseline"] = None if base_records is None else paired_difference(row["records"], base_records)
+        row["test_vs_baseline"] = (None if base_records is None
+                                   else paired_difference(row["records"], base_records, key="test_auc"))
         row["gap"], row["gap_reason"] = None, _gap_reason(same_model)
         if row["gap_reason"] is None:
             row["gap"] = gap_closed(row["records"], same_model["random"], same_model["oracle"])
@@ -121,8 +126,10 @@ def _gap_reason(same_model: dict[str, list[dict]]) -> str | None:
 
 #: the columns of the summary table, in order (see :func:`summary_cells`)
 SUMMARY_HEADER = ("model", "embedding", "seeds", "valid AUC", "vs baseline (95% CI)", "verdict", "gap closed",
-                  "test AUC", "rare-item test AUC", "proxy AUC", "tag overlap@10", "co-click hit@10", "fit s",
-                  "train s")
+                  "test AUC", "test vs baseline (95% CI)", "rare-item test AUC", "proxy AUC", "tag overlap@10",
+                  "co-click hit@10", "fit s", "train s")
+#: the first columns, shown even when a run has no figure for them
+_ALWAYS_SHOWN = 4
 
 
 def _signed(interval: Interval, fmt: str) -> str:
@@ -142,10 +149,29 @@ def summary_cells(row: dict, flag_untrained: bool = True) -> list[str]:
         diff, verdict = _signed(row["vs_baseline"], "+.4f"), row["vs_baseline"].verdict
     gap = "-" if row["gap"] is None else (
         f"{row['gap'].estimate:.0%} [{row['gap'].low:.0%}, {row['gap'].high:.0%}]")
+    test_diff = "baseline" if row["is_baseline"] else (
+        "-" if row.get("test_vs_baseline") is None else _signed(row["test_vs_baseline"], "+.4f"))
     name = row["embedding"] + (" (random-init encoder)" if flag_untrained and row["untrained"] else "")
     return [row["model"], name, str(len(recs)), pick("valid_auc"), diff, verdict, gap, pick("test_auc"),
-            pick("rare_test_auc"), pick("proxy_auc"), pick("knn_tag_overlap"), pick("knn_coclick_hit"),
+            test_diff, pick("rare_test_auc"), pick("proxy_auc"), pick("knn_tag_overlap"), pick("knn_coclick_hit"),
             f"{row['mean'].get('fit_seconds', 0):.1f}", f"{row['mean'].get('train_seconds', 0):.0f}"]
+
+
+def summary_table(rows: list[dict], flag_untrained: bool = True,
+                  drop_empty: bool = True) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, cells, dropped) of :func:`summary_rows`. With ``drop_empty`` the columns
+    no row has a figure in (after the first four) are left out and named in ``dropped``:
+    a run without checks prints no empty check columns."""
+    cells = [summary_cells(row, flag_untrained) for row in rows]
+    keep = [i for i in range(len(SUMMARY_HEADER))
+            if not drop_empty or i < _ALWAYS_SHOWN or any(c[i] not in ("-", "baseline", "—") for c in cells)]
+    dropped = [name for i, name in enumerate(SUMMARY_HEADER) if i not in keep]
+    return [SUMMARY_HEADER[i] for i in keep], [[c[i] for i in keep] for c in cells], dropped
+
+
+def dropped_note(dropped: list[str]) -> str | None:
+    """The line under a table from :func:`summary_table` naming the columns it left out."""
+    return f"Not computed for any row: {', '.join(dropped)}" if dropped else None
 
 
 def interval_note(rows: list[dict]) -> str | None:
@@ -154,8 +180,14 @@ def interval_note(rows: list[dict]) -> str | None:
     baselines = sorted({row["baseline"] for row in rows if row["baseline"] and not row["is_baseline"]})
     if not methods:
         return None
-    reasons = sorted({f"{row['model']}: {row['gap_reason']}" for row in rows if row["gap_reason"]})
-    return (f"Differences: valid AUC minus that of {', '.join(baselines)} on the same validation rows, with "
+    models_by_reason: dict[str, list[str]] = {}
+    for row in rows:
+        if row["gap_reason"] and row["model"] not in models_by_reason.get(row["gap_reason"], []):
+            models_by_reason.setdefault(row["gap_reason"], []).append(row["model"])
+    reasons = sorted(f"{', '.join(models)}: {reason}" for reason, models in models_by_reason.items())
+    tested = any(row.get("test_vs_baseline") is not None for row in rows)
+    return (f"Differences: valid AUC minus that of {', '.join(baselines)} on the same validation rows"
+            + (" (test: the same on the test rows)" if tested else "") + ", with "
             f"95% intervals ({'; '.join(sorted(methods))}); a verdict is decided when its interval is clear "
             "of zero" + (f". Gap closed not shown ({'; '.join(reasons)})" if reasons else ""))
 
@@ -216,9 +248,11 @@ def judge_notes(rows: list[dict]) -> list[str]:
 
 def format_summary(records: list[dict]) -> str:
     rows = summary_rows(records)
-    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + " --- |" * len(SUMMARY_HEADER)]
-    lines += ["| " + " | ".join(summary_cells(row)) + " |" for row in rows]
-    notes = judge_notes(rows) + [note for note in [interval_note(rows), spearman_note(rows)] if note]
+    header, cells, dropped = summary_table(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row_cells) + " |" for row_cells in cells]
+    notes = judge_notes(rows) + [note for note in [interval_note(rows), spearman_note(rows),
+                                                   dropped_note(dropped)] if note]
     lines += [line for note in notes for line in ("", note)]
     return "\n".join(lines)
 
