@@ -171,15 +171,20 @@ def test_missing_pieces_are_said_not_computed(run, tmp_path):
     shutil.rmtree(copy / "checks")
     index = write_report(copy)
     html, md = index.read_text(encoding="utf-8"), (index.parent / "summary.md").read_text(encoding="utf-8")
-    for embedding in EMBEDDINGS:
-        row = _row(html, embedding)
-        # gap closed (no oracle), test AUC, its difference to the baseline (but on the baseline's row), rare AUC
-        assert row.count('<td class="nc">not computed</td>') == (3 if embedding == "provided" else 4)
-    # the Markdown table leaves those columns out and says so
+    # gap closed (no oracle), test AUC, its difference to the baseline and rare AUC: columns
+    # no row has a figure in, left out of both tables, which say so
+    missing = "Not computed for any row: gap closed, test AUC, test vs baseline (95% CI), rare-item test AUC"
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
-    assert "test AUC" not in header and "proxy AUC" in header
-    assert ("Not computed for any row: gap closed, test AUC, test vs baseline (95% CI), "
-            "rare-item test AUC") in md
+    assert "test AUC" not in header and "proxy AUC" in header and missing in md
+    assert "<th>test AUC</th>" not in html and "<th>proxy AUC</th>" in html and missing in html
+    for embedding in EMBEDDINGS:
+        assert "not computed" not in _row(html, embedding)
+    # a figure missing on some rows only keeps its column, "not computed" on those rows
+    for r in records:
+        r["test_auc"] = 0.6 if r["embedding"] == "provided" else None
+    (copy / "metrics.json").write_text(json.dumps(records))
+    html = write_report(copy).read_text(encoding="utf-8")
+    assert "<th>test AUC</th>" in html and '<td class="nc">not computed</td>' in _row(html, "random")
     assert html.count("not computed: the recipe ran no neighbour checks") == 2  # metrics and examples
     assert "auc.png" in _img_srcs(html) and not (copy / "report" / "thumbs").exists()
 

@@ -260,12 +260,12 @@ def _knn_cells(row: dict) -> list[str]:
 def _html_comparison(content: dict) -> str:
     if not content["rows"]:
         return f'<p class="nc">{NOT_COMPUTED}: the run has no CTR results (metrics.json is missing or empty)</p>'
-    header, table, _ = summary_table(content["rows"], flag_untrained=False, drop_empty=False)
+    header, table, dropped = summary_table(content["rows"], flag_untrained=False)
     body = []
     for row, cells in zip(content["rows"], table):
         body.append("<tr>" + _cell(_e(cells[0]), True) + _cell(_name(row["embedding"], row["untrained"]), True)
                     + "".join(_cell(c) for c in cells[2:]) + "</tr>")
-    notes = [n for n in (interval_note(content["rows"]), spearman_note(content["rows"])) if n]
+    notes = [n for n in (interval_note(content["rows"]), spearman_note(content["rows"]), dropped_note(dropped)) if n]
     warnings = "".join(f'<p class="warn">⚠ {_e(w)}.</p>' for w in judge_notes(content["rows"]))
     return _table(header, body) + warnings + "".join(f"<p>{_e(n)}.</p>" for n in notes)
 

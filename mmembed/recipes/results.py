@@ -157,14 +157,13 @@ def summary_cells(row: dict, flag_untrained: bool = True) -> list[str]:
             f"{row['mean'].get('fit_seconds', 0):.1f}", f"{row['mean'].get('train_seconds', 0):.0f}"]
 
 
-def summary_table(rows: list[dict], flag_untrained: bool = True,
-                  drop_empty: bool = True) -> tuple[list[str], list[list[str]], list[str]]:
-    """(header, cells, dropped) of :func:`summary_rows`. With ``drop_empty`` the columns
-    no row has a figure in (after the first four) are left out and named in ``dropped``:
-    a run without checks prints no empty check columns."""
+def summary_table(rows: list[dict], flag_untrained: bool = True) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, cells, dropped) of :func:`summary_rows`, less the columns no row has a
+    figure in (after the first four), which ``dropped`` names: a run without checks shows
+    no empty check columns."""
     cells = [summary_cells(row, flag_untrained) for row in rows]
     keep = [i for i in range(len(SUMMARY_HEADER))
-            if not drop_empty or i < _ALWAYS_SHOWN or any(c[i] not in ("-", "baseline", "—") for c in cells)]
+            if i < _ALWAYS_SHOWN or any(c[i] not in ("-", "baseline", "—") for c in cells)]
     dropped = [name for i, name in enumerate(SUMMARY_HEADER) if i not in keep]
     return [SUMMARY_HEADER[i] for i in keep], [[c[i] for i in keep] for c in cells], dropped
 
