@@ -179,8 +179,9 @@ _KNN_KEYS = ("tag_overlap", "coclick_hit", "truth_overlap", "effective_rank", "n
 
 
 def _code_rows(run: RunFolder) -> list[list[str]]:
-    """Semantic-ID diagnostics of each table that has codes (first seed that has them):
-    levels x codes, codebook use per level, collision rate, reconstruction error."""
+    """Semantic-ID diagnostics of each table that has codes, seed by seed (each seed's
+    table has its own): levels x codes, codebook use per level, collision rate,
+    reconstruction error."""
     out = []
     for embedding in run.embeddings:
         for seed in run.seeds:
@@ -190,7 +191,6 @@ def _code_rows(run: RunFolder) -> list[list[str]]:
                             ", ".join(f"{u:.0%}" for u in d["codebook_usage"]), f"{d['collision_rate']:.1%}",
                             "an extra level numbers them" if d.get("unique_ids") else "left (shared code rows)",
                             f"{d['reconstruction_error']:.3f}"])
-                break
     return out
 
 
