@@ -117,5 +117,6 @@ def test_a_model_compared_with_another_model_on_the_same_table():
     assert "Gap closed not shown (qin, qin+codes: needs the random and oracle rows)" in text
     one_seed = [r for r in records if r["seed"] == 1]  # two models, one seed: no interval, not zero
     assert summary_rows(one_seed)[1]["vs_baseline"] is None
+    assert "; test vs baseline (95% CI): needs 2 or more seeds;" in format_summary(one_seed)
     with pytest.raises(RecipeError, match=r"models\[1\].compare_to \(another model's label\): unknown key 'qn'"):
         parse_recipe({"embeddings": ["random"], "models": ["din", {"name": "qin", "compare_to": "qn"}]})

@@ -173,7 +173,7 @@ def test_missing_pieces_are_said_not_computed(run, tmp_path):
     html, md = index.read_text(encoding="utf-8"), (index.parent / "summary.md").read_text(encoding="utf-8")
     # gap closed (no oracle), test AUC, its difference to the baseline and rare AUC: columns
     # no row has a figure in, left out of both tables, which say so
-    missing = "Not computed for any row: gap closed, test AUC, test vs baseline (95% CI), rare-item test AUC"
+    missing = "Not computed for any row: gap closed; test AUC; test vs baseline (95% CI); rare-item test AUC"
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
     assert "test AUC" not in header and "proxy AUC" in header and missing in md
     assert "<th>test AUC</th>" not in html and "<th>proxy AUC</th>" in html and missing in html

@@ -165,12 +165,15 @@ def summary_table(rows: list[dict], flag_untrained: bool = True) -> tuple[list[s
     keep = [i for i in range(len(SUMMARY_HEADER))
             if i < _ALWAYS_SHOWN or any(c[i] not in ("-", "baseline", "—") for c in cells)]
     dropped = [name for i, name in enumerate(SUMMARY_HEADER) if i not in keep]
+    if all(len(row["records"]) < 2 for row in rows):  # DeLong's covariances pair valid AUCs only
+        dropped = [f"{name}: needs 2 or more seeds" if name == "test vs baseline (95% CI)" else name
+                   for name in dropped]
     return [SUMMARY_HEADER[i] for i in keep], [[c[i] for i in keep] for c in cells], dropped
 
 
 def dropped_note(dropped: list[str]) -> str | None:
     """The line under a table from :func:`summary_table` naming the columns it left out."""
-    return f"Not computed for any row: {', '.join(dropped)}" if dropped else None
+    return f"Not computed for any row: {'; '.join(dropped)}" if dropped else None
 
 
 def interval_note(rows: list[dict]) -> str | None:
