@@ -147,8 +147,20 @@ def wants_cpu(options: RunOptions) -> bool:
     return options.device == "cpu" or (options.device is None and no_gpu)
 
 
+def default_cpu_threads(processes: int = 1) -> int:
+    """Torch threads per process on CPU: ``OMP_NUM_THREADS`` when it is set (to share the
+    machine with another job: two jobs of 2 threads each on 2 cores run 4x slower than
+    one, of 1 thread each near full speed; bench/beside.py), else the cores shared among
+    the processes."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
 def make_accelerator(options: RunOptions) -> Accelerator:
-    """One Accelerator for a run; on CPU, torch threads = cores / processes.
+    """One Accelerator for a run; on CPU, torch threads = cores / processes (see
+    :func:`default_cpu_threads`).
 
     Mixed precision is Accelerate's autocast (fp16 with a gradient scaler). It is meant for
     GPUs; bf16 also runs on CPU (more slowly on most CPUs), which is how the tests exercise
@@ -158,7 +170,7 @@ def make_accelerator(options: RunOptions) -> Accelerator:
     acc = Accelerator(cpu=wants_cpu(options), mixed_precision=options.mixed_precision,
                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     if acc.device.type == "cpu":
-        threads = options.num_threads or max(1, (os.cpu_count() or 1) // acc.num_processes)
+        threads = options.num_threads or default_cpu_threads(acc.num_processes)
         torch.set_num_threads(threads)
         pin_mkl_threads()
     return acc

@@ -265,3 +265,15 @@ def test_reuse_freed_memory_gives_freed_pages_to_the_next_tensor_without_page_fa
     pages = 64 * 2**20 // 4096
     assert outside > 2.5 * pages  # glibc's default: every 64 MB tensor comes as fresh pages
     assert inside < 1.1 * pages  # at most one of the three (glibc may still move a block once)
+
+
+def test_cpu_threads_follow_omp_num_threads_when_set(monkeypatch):
+    from ctr_eval._runtime import default_cpu_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert (default_cpu_threads(), default_cpu_threads(2), default_cpu_threads(16)) == (8, 4, 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a job sharing the machine
+    assert default_cpu_threads() == 1 and default_cpu_threads(2) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # set but empty: ignored
+    assert default_cpu_threads(2) == 4
