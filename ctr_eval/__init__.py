@@ -33,6 +33,7 @@ _PUBLIC = {
     "logloss": "ctr_eval.metrics",
     "write_submission": "ctr_eval.submission",
     "read_submission": "ctr_eval.submission",
+    "default_cpu_threads": "ctr_eval._runtime",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -268,7 +268,7 @@ def test_reuse_freed_memory_gives_freed_pages_to_the_next_tensor_without_page_fa
 
 
 def test_cpu_threads_follow_omp_num_threads_when_set(monkeypatch):
-    from ctr_eval._runtime import default_cpu_threads
+    from ctr_eval import default_cpu_threads
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

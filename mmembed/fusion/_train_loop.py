@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from ctr_eval.progress import progress
 
-from ctr_eval._runtime import default_cpu_threads
+from ctr_eval import default_cpu_threads
 from ctr_eval.checks import check_positive_int
 from mmembed.fusion._checkpoint import Checkpoint
 
@@ -290,7 +290,7 @@ def _cap_held_out(held_pairs: np.ndarray, seed: int) -> np.ndarray:
 
 def _cpu_threads(module: nn.Module, batch_size: int, processes: int) -> int:
     """Torch CPU threads while training: the cores shared among the processes (or
-    ``OMP_NUM_THREADS``: :func:`~ctr_eval._runtime.default_cpu_threads`), but one for a
+    ``OMP_NUM_THREADS``: :func:`ctr_eval.default_cpu_threads`), but one for a
     tiny model, whose small operations only lose time waiting on a second thread."""
     work = sum(p.numel() for p in module.parameters()) * batch_size
     return 1 if work < 2**24 else default_cpu_threads(processes)
